@@ -1,0 +1,28 @@
+"""The model layer: one decoder-only transformer family, Hugging Face import/export, sharding."""
+
+from jaxdistill.models.config import SUPPORTED_FAMILIES, ConfigError, ModelConfig
+from jaxdistill.models.hf import CheckpointError, load_pretrained, save_pretrained
+from jaxdistill.models.sharding import (
+    RULES,
+    initialize_distributed,
+    logical_to_spec,
+    make_mesh,
+    shard_params,
+    tree_shardings,
+)
+from jaxdistill.models.transformer import (
+    Transformer,
+    abstract_params,
+    as_module,
+    forward,
+    hidden_states,
+    init_params,
+    logical_axes,
+)
+
+__all__ = [
+    "RULES", "SUPPORTED_FAMILIES", "CheckpointError", "ConfigError", "ModelConfig", "Transformer",
+    "abstract_params", "as_module", "forward", "hidden_states", "init_params",
+    "initialize_distributed", "load_pretrained", "logical_axes", "logical_to_spec", "make_mesh",
+    "save_pretrained", "shard_params", "tree_shardings",
+]

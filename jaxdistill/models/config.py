@@ -1,0 +1,236 @@
+"""`ModelConfig`: the architecture and dtype/remat policy of one decoder-only transformer.
+
+One frozen (hashable) dataclass covers every supported family; `from_hf_dict` reads a Hugging Face
+`config.json` dict and `to_hf_dict` writes one back. The family differences it captures:
+
+| family  | q/k/v bias        | o bias            | q/k RMSNorm | sliding window      |
+|---------|-------------------|-------------------|-------------|---------------------|
+| llama   | attention_bias    | attention_bias    | no          | no                  |
+| mistral | no                | no                | no          | `sliding_window`    |
+| qwen2   | yes               | no                | no          | only if all layers  |
+| qwen3   | attention_bias    | attention_bias    | yes         | only if all layers  |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLS = (None, "xla", "cudnn")
+DTYPES = ("float32", "bfloat16", "float16")
+
+_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+
+
+class ConfigError(ValueError):
+    """A model configuration (or checkpoint) the model layer cannot run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture plus dtype/remat policy. Hashable, so it is a static argument under `jax.jit`."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # rope scaling as sorted (key, value) pairs so the config stays hashable; None = plain RoPE.
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: bool = False
+    tie_word_embeddings: bool = False
+    sliding_window: int | None = None
+    max_position_embeddings: int = 4096
+    # dtype policy: parameters are stored in param_dtype, matmuls run in compute_dtype;
+    # norms, RoPE, attention softmax and logits are always fp32.
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    # remat policy for the scanned layer body: none | full | dots | dots_no_batch.
+    remat_policy: str = "none"
+    # None lets XLA pick; "cudnn" asks for the fused cuDNN kernel on GPUs.
+    attention_impl: str | None = None
+    # Token ids carried through to exported config.json; no effect on the forward pass.
+    bos_token_id: int | None = dataclasses.field(default=None, compare=False)
+    eos_token_id: int | tuple[int, ...] | None = dataclasses.field(default=None, compare=False)
+    pad_token_id: int | None = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self):
+        if self.model_type not in SUPPORTED_FAMILIES:
+            raise ConfigError(
+                f"unsupported model_type {self.model_type!r}: supported families are "
+                f"{', '.join(SUPPORTED_FAMILIES)}"
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name}={value!r}: must be a positive integer")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}: "
+                "grouped-query attention needs whole groups"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim={self.head_dim}: RoPE needs an even head dimension")
+        for name in ("param_dtype", "compute_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: valid values are {', '.join(DTYPES)}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ConfigError(
+                f"remat_policy={self.remat_policy!r}: valid values are {', '.join(REMAT_POLICIES)}"
+            )
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ConfigError(
+                f"attention_impl={self.attention_impl!r}: valid values are None, 'xla', 'cudnn'"
+            )
+        rope_type = self.rope_params.get("rope_type", "default")
+        if rope_type not in SUPPORTED_ROPE_TYPES:
+            raise ConfigError(
+                f"unsupported rope_type {rope_type!r}: supported are {', '.join(SUPPORTED_ROPE_TYPES)}"
+            )
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ConfigError(f"sliding_window={self.sliding_window}: must be positive or None")
+
+    @property
+    def rope_params(self) -> dict[str, Any]:
+        return dict(self.rope_scaling or ())
+
+    @property
+    def jnp_param_dtype(self):
+        return jnp.dtype(self.param_dtype)
+
+    @property
+    def jnp_compute_dtype(self):
+        return jnp.dtype(self.compute_dtype)
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ----------------------------------------------------------------- Hugging Face config.json
+
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any], **overrides) -> ModelConfig:
+        """Read a Hugging Face `config.json` dict (transformers v4 or v5 layout)."""
+        model_type = hf.get("model_type")
+        if model_type not in SUPPORTED_FAMILIES:
+            raise ConfigError(
+                f"unsupported model_type {model_type!r}: supported families are "
+                f"{', '.join(SUPPORTED_FAMILIES)}"
+            )
+        act = hf.get("hidden_act", "silu")
+        if act != "silu":
+            raise ConfigError(f"hidden_act={act!r}: only 'silu' (SwiGLU) is supported")
+        if hf.get("mlp_bias"):
+            raise ConfigError("mlp_bias=true is not supported: the MLP projections must have no bias")
+        num_heads = hf["num_attention_heads"]
+        head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
+        # transformers v5 keeps theta and scaling together in `rope_parameters`; v4 splits them.
+        rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+        rope_theta = float(rope.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+        rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+        if rope.get("partial_rotary_factor", 1.0) != 1.0:
+            raise ConfigError("partial_rotary_factor != 1 is not supported")
+        rope.pop("partial_rotary_factor", None)
+        rope_scaling = None if rope_type == "default" else tuple(
+            sorted({"rope_type": rope_type, **rope}.items()))
+
+        attention_bias = bool(hf.get("attention_bias", False))
+        qkv_bias, o_bias, qk_norm = {
+            "llama": (attention_bias, attention_bias, False),
+            "mistral": (False, False, False),
+            "qwen2": (True, False, False),
+            "qwen3": (attention_bias, attention_bias, True),
+        }[model_type]
+
+        sliding_window = None
+        if model_type == "mistral":
+            sliding_window = hf.get("sliding_window")
+        elif hf.get("use_sliding_window") and hf.get("sliding_window"):
+            layer_types = hf.get("layer_types") or ["sliding_attention"] * hf["num_hidden_layers"]
+            kinds = set(layer_types)
+            if kinds == {"sliding_attention"}:
+                sliding_window = hf["sliding_window"]
+            elif kinds != {"full_attention"}:
+                raise ConfigError(
+                    "layer_types mixes sliding and full attention; only uniform layers are supported"
+                )
+        eos = hf.get("eos_token_id")
+        fields = dict(
+            model_type=model_type,
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+            head_dim=head_dim,
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
+            qkv_bias=qkv_bias,
+            o_bias=o_bias,
+            qk_norm=qk_norm,
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            sliding_window=sliding_window,
+            max_position_embeddings=hf.get("max_position_embeddings", 4096),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+            pad_token_id=hf.get("pad_token_id"),
+        )
+        fields.update(overrides)
+        return cls(**fields)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The `config.json` dict, in the layout of the installed transformers version."""
+        from transformers import AutoConfig  # config classes only; no torch needed
+
+        kwargs: dict[str, Any] = dict(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            rms_norm_eps=self.rms_norm_eps,
+            rope_theta=self.rope_theta,
+            rope_scaling=self.rope_params or None,
+            tie_word_embeddings=self.tie_word_embeddings,
+            max_position_embeddings=self.max_position_embeddings,
+            hidden_act="silu",
+            bos_token_id=self.bos_token_id,
+            eos_token_id=list(self.eos_token_id) if isinstance(self.eos_token_id, tuple)
+            else self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            architectures=[_ARCHITECTURES[self.model_type]],
+        )
+        if self.model_type in ("llama", "qwen3"):
+            if self.qkv_bias != self.o_bias:
+                raise ConfigError(f"{self.model_type} has one attention_bias flag for q/k/v and o")
+            kwargs["attention_bias"] = self.qkv_bias
+        if self.model_type == "mistral":
+            kwargs["sliding_window"] = self.sliding_window
+        elif self.model_type in ("qwen2", "qwen3") and self.sliding_window is not None:
+            kwargs.update(use_sliding_window=True, sliding_window=self.sliding_window,
+                          max_window_layers=0,
+                          layer_types=["sliding_attention"] * self.num_layers)
+        hf = AutoConfig.for_model(self.model_type, **kwargs).to_dict()
+        hf["torch_dtype" if "torch_dtype" in hf else "dtype"] = self.param_dtype
+        return hf

@@ -1,0 +1,334 @@
+"""Hugging Face checkpoint import/export: `config.json` + `*.safetensors`, no torch.
+
+`load_pretrained(dir)` checks every expected tensor's name and shape from the safetensors headers
+before reading any data, then streams tensors one at a time (memory-mapped) into their final
+placement: each device receives only its own shard (`jax.make_array_from_single_device_arrays`),
+so host memory holds at most one stacked parameter's local shards beyond the mmap'd files.
+`save_pretrained(config, params, dir)` writes the inverse, sharded by size with an index file,
+each file written atomically.
+
+Name and layout map (transformers `nn.Linear` weights are [out, in]; ours are [in..., out...]):
+
+    model.embed_tokens.weight [V, d]              -> embed [V, d]
+    model.layers.{i}.self_attn.q_proj.weight [H*D, d] -> layers.attn.q.kernel[i] [d, H, D]
+    model.layers.{i}.self_attn.o_proj.weight [d, H*D] -> layers.attn.o.kernel[i] [H, D, d]
+    model.layers.{i}.mlp.down_proj.weight [d, F]  -> layers.mlp.down.kernel[i] [F, d]
+    lm_head.weight [V, d]                         -> lm_head.kernel [d, V]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from jaxdistill.models import sharding as sharding_lib
+from jaxdistill.models.config import ConfigError, ModelConfig
+from jaxdistill.models.transformer import Params, abstract_params, logical_axes
+
+_GLOBAL_NAMES = {
+    ("embed",): "model.embed_tokens.weight",
+    ("final_norm", "scale"): "model.norm.weight",
+    ("lm_head", "kernel"): "lm_head.weight",
+}
+_LAYER_NAMES = {
+    ("attn_norm", "scale"): "input_layernorm.weight",
+    ("mlp_norm", "scale"): "post_attention_layernorm.weight",
+    **{("attn", p, kind): f"self_attn.{p}_proj.{'weight' if kind == 'kernel' else 'bias'}"
+       for p in "qkvo" for kind in ("kernel", "bias")},
+    ("attn", "q_norm", "scale"): "self_attn.q_norm.weight",
+    ("attn", "k_norm", "scale"): "self_attn.k_norm.weight",
+    **{("mlp", p, "kernel"): f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")},
+}
+# How many leading dims of our kernel are its input dims (the rest are outputs).
+_KERNEL_IN_DIMS = {("attn", "o", "kernel"): 2}
+# Tensors some checkpoints carry that the model recomputes or shares.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that does not hold what its config.json describes."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One parameter leaf and the Hugging Face tensor(s) it comes from (one per layer if stacked)."""
+
+    path: tuple[str, ...]
+    shape: tuple[int, ...]  # our full shape, with the leading layer axis when stacked
+    stacked: bool
+    n_in: int | None  # input dims of a kernel (transposed on import/export); None: reshape only
+
+    def hf_name(self, layer: int | None) -> str:
+        if self.stacked:
+            return f"model.layers.{layer}.{_LAYER_NAMES[self.path[1:]]}"
+        return _GLOBAL_NAMES[self.path]
+
+    @property
+    def layer_shape(self) -> tuple[int, ...]:
+        return self.shape[1:] if self.stacked else self.shape
+
+    @property
+    def hf_shape(self) -> tuple[int, ...]:
+        s = self.layer_shape
+        if self.path == ("embed",):
+            return s
+        if self.n_in is None:
+            return (math.prod(s),)
+        return (math.prod(s[self.n_in:]), math.prod(s[:self.n_in]))
+
+    def to_ours(self, hf: np.ndarray) -> np.ndarray:
+        if self.path == ("embed",):
+            return hf
+        return (hf.T if self.n_in is not None else hf).reshape(self.layer_shape)
+
+    def to_hf(self, ours: np.ndarray) -> np.ndarray:
+        if self.path == ("embed",):
+            return np.ascontiguousarray(ours)
+        if self.n_in is None:
+            return np.ascontiguousarray(ours.reshape(self.hf_shape))
+        s = self.layer_shape
+        return np.ascontiguousarray(ours.reshape(math.prod(s[:self.n_in]), -1).T)
+
+    def hf_names(self, num_layers: int) -> list[str]:
+        return [self.hf_name(i) for i in range(num_layers)] if self.stacked else [self.hf_name(None)]
+
+
+def tensor_specs(config: ModelConfig) -> list[TensorSpec]:
+    """Every parameter leaf of `config`'s model with its Hugging Face name and layout."""
+    specs = []
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params(config))[0]:
+        path = tuple(k.key for k in key_path)
+        stacked = path[0] == "layers"
+        local = path[1:] if stacked else path
+        n_in = _KERNEL_IN_DIMS.get(local, 1) if path[-1] == "kernel" else None
+        specs.append(TensorSpec(path, tuple(leaf.shape), stacked, n_in))
+    return specs
+
+
+# ------------------------------------------------------------------------------------ load
+
+
+def read_config(path: str | os.PathLike, **overrides) -> ModelConfig:
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path}: no config.json; expected a Hugging Face model directory")
+    return ModelConfig.from_hf_dict(json.loads(config_file.read_text()), **overrides)
+
+
+def _checkpoint_files(path: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file, from the index when there is one, else from the headers."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: path / file for name, file in weight_map.items()}
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors files (and no model.safetensors.index.json)")
+    names = {}
+    for file in files:
+        with safe_open(file, framework="numpy") as f:
+            names.update({name: file for name in f.keys()})
+    return names
+
+
+class _Reader:
+    """Open safetensors handles, one per file, reading single tensors on demand (memory-mapped)."""
+
+    def __init__(self, files: dict[str, Path], stack: contextlib.ExitStack):
+        self.files = files
+        self.handles = {file: stack.enter_context(safe_open(file, framework="numpy"))
+                        for file in sorted(set(files.values()))}
+
+    def __contains__(self, name):
+        return name in self.files
+
+    def shape(self, name) -> tuple[int, ...]:
+        return tuple(self.handles[self.files[name]].get_slice(name).get_shape())
+
+    def dtype(self, name) -> str:
+        return self.handles[self.files[name]].get_slice(name).get_dtype()
+
+    def read(self, name) -> np.ndarray:
+        return self.handles[self.files[name]].get_tensor(name)
+
+
+def _check_tensors(specs: list[TensorSpec], reader: _Reader, config: ModelConfig, path: Path):
+    for spec in specs:
+        for name in spec.hf_names(config.num_layers):
+            if name not in reader:
+                raise CheckpointError(
+                    f"{path}: missing tensor {name!r} (expected shape {list(spec.hf_shape)}) "
+                    f"for a {config.model_type} model with this config.json")
+            if reader.shape(name) != spec.hf_shape:
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} has shape {list(reader.shape(name))}, expected "
+                    f"{list(spec.hf_shape)} from config.json")
+
+
+def _place(spec: TensorSpec, reader: _Reader, sharding, dtype, num_layers: int) -> jax.Array:
+    """Build one parameter directly in its sharded placement, reading each source tensor once."""
+    index_map = sharding.addressable_devices_indices_map(spec.shape)
+    key = lambda idx: tuple(s.indices(n) for s, n in zip(idx, spec.shape))
+    shards = {key(idx): idx for idx in index_map.values()}
+    buffers = {k: np.empty([len(range(*r)) for r in k], dtype) for k in shards}
+    if spec.stacked:
+        for layer in range(num_layers):
+            tensor = spec.to_ours(reader.read(spec.hf_name(layer))).astype(dtype)
+            for k, idx in shards.items():
+                if layer in range(*k[0]):
+                    buffers[k][layer - k[0][0]] = tensor[idx[1:]]
+            del tensor
+    else:
+        tensor = spec.to_ours(reader.read(spec.hf_name(None))).astype(dtype)
+        for k, idx in shards.items():
+            buffers[k][...] = tensor[idx]
+        del tensor
+    arrays = [jax.device_put(buffers[key(idx)], device) for device, idx in index_map.items()]
+    return jax.make_array_from_single_device_arrays(spec.shape, sharding, arrays)
+
+
+def load_pretrained(path: str | os.PathLike, *, mesh: Mesh | None = None, dtype=None,
+                    compute_dtype=None, rules=sharding_lib.RULES) -> tuple[ModelConfig, Params]:
+    """Read a local Hugging Face checkpoint directory into (config, params).
+
+    dtype: parameter dtype (default: the checkpoint's own). compute_dtype: matmul dtype (default:
+    dtype). With `mesh`, every tensor goes straight to its sharded placement under `rules`;
+    without, to the default device.
+    """
+    path = Path(path)
+    config = read_config(path)
+    with contextlib.ExitStack() as stack:
+        reader = _Reader(_checkpoint_files(path), stack)
+        embed_name = _GLOBAL_NAMES[("embed",)]
+        if embed_name not in reader:
+            raise CheckpointError(f"{path}: missing tensor {embed_name!r}")
+        stored = _DTYPES.get(reader.dtype(embed_name), "float32")
+        param_dtype = str(np.dtype(dtype)) if dtype is not None else stored
+        config = config.replace(
+            param_dtype=param_dtype,
+            compute_dtype=str(np.dtype(compute_dtype)) if compute_dtype is not None else param_dtype)
+        specs = tensor_specs(config)
+        _check_tensors(specs, reader, config, path)
+        axes = logical_axes(config)
+        params: Params = {}
+        for spec in specs:
+            if mesh is not None:
+                leaf_axes = _get(axes, spec.path)
+                placement = NamedSharding(mesh, sharding_lib.logical_to_spec(
+                    leaf_axes, spec.shape, mesh, rules))
+            else:
+                placement = SingleDeviceSharding(jax.local_devices()[0])
+            _set(params, spec.path,
+                 _place(spec, reader, placement, config.jnp_param_dtype, config.num_layers))
+    return config, params
+
+
+def _get(tree, path):
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def _set(tree, path, value):
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
+
+
+# ------------------------------------------------------------------------------------ save
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def _atomic_write(target: Path, write) -> None:
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _hf_tensors(spec: TensorSpec, host: np.ndarray, num_layers: int) -> Iterator[tuple[str, np.ndarray]]:
+    if spec.stacked:
+        for layer in range(num_layers):
+            yield spec.hf_name(layer), spec.to_hf(host[layer])
+    else:
+        yield spec.hf_name(None), spec.to_hf(host)
+
+
+def save_pretrained(config: ModelConfig, params: Params, path: str | os.PathLike, *,
+                    max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write `config.json` and safetensors (sharded above `max_shard_bytes`) that
+    `transformers.AutoModelForCausalLM.from_pretrained(path)` loads. Every file is written
+    atomically (temporary name, then rename). In a multi-host run every process must call this;
+    process 0 writes."""
+    path = Path(path)
+    specs = tensor_specs(config)
+    for spec in specs:
+        actual = tuple(np.shape(_get(params, spec.path)))
+        if actual != spec.shape:
+            raise CheckpointError(
+                f"params[{'.'.join(spec.path)}] has shape {list(actual)}, expected {list(spec.shape)} "
+                "for this config")
+    writer = jax.process_index() == 0
+    if writer:
+        path.mkdir(parents=True, exist_ok=True)
+    itemsize = config.jnp_param_dtype.itemsize
+
+    # Plan shards by size first, so file names can carry the shard count.
+    shards: list[list[TensorSpec]] = [[]]
+    size = 0
+    for spec in specs:
+        nbytes = math.prod(spec.shape) * itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(spec)
+        size += nbytes
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    weight_map = {}
+    for file_name, shard in zip(names, shards):
+        tensors = {}
+        for spec in shard:
+            host = _to_host(_get(params, spec.path)).astype(config.jnp_param_dtype)
+            tensors.update(_hf_tensors(spec, host, config.num_layers))
+        weight_map.update({name: file_name for name in tensors})
+        if writer:
+            _atomic_write(path / file_name,
+                          lambda tmp, t=tensors: save_file(t, str(tmp), metadata={"format": "pt"}))
+        del tensors
+    if not writer:
+        return
+    if len(shards) > 1:
+        total = sum(math.prod(s.shape) * itemsize for s in specs)
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        _atomic_write(path / "model.safetensors.index.json",
+                      lambda tmp: tmp.write_text(json.dumps(index, indent=2)))
+    hf_config = config.to_hf_dict()
+    _atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(hf_config, indent=2)))
+
+
+__all__ = ["CheckpointError", "ConfigError", "load_pretrained", "read_config", "save_pretrained",
+           "tensor_specs"]

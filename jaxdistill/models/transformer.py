@@ -1,0 +1,324 @@
+"""The decoder-only transformer shared by the Llama, Mistral, Qwen2 and Qwen3 families.
+
+Flax NNX modules define the parameters (each carrying its logical axis names as `logical_axes`
+metadata) and the math. Training code never holds a module: it holds `params`, a plain nested dict
+of arrays (`init_params`, `load_pretrained`), and calls the pure function `forward`, which merges
+them into the module graph inside the trace. Per-layer parameters are stacked on a leading
+`layers` axis and the layer body runs under `jax.lax.scan`, so compile time does not grow with depth.
+
+Per layer (pre-norm residual, SwiGLU MLP):
+
+    h = x + Attention(RMSNorm(x))        Attention: GQA, RoPE, optional q/k/v/o bias, q/k RMSNorm
+    y = h + W_down(silu(W_gate n) * W_up n),  n = RMSNorm(h)
+
+Parameter layout (L layers, d hidden, H query heads, K kv heads, D head dim, F mlp, V vocab):
+
+    embed                   [V, d]          ("vocab", "embed")
+    layers.attn_norm.scale  [L, d]          ("layers", "norm")
+    layers.attn.q.kernel    [L, d, H, D]    ("layers", "embed", "q_heads", "head_dim")   (+ bias [L, H, D])
+    layers.attn.k.kernel    [L, d, K, D]    ("layers", "embed", "kv_heads", "head_dim")  (+ bias [L, K, D])
+    layers.attn.v.kernel    [L, d, K, D]    same as k
+    layers.attn.o.kernel    [L, H, D, d]    ("layers", "q_heads", "head_dim", "embed")   (+ bias [L, d])
+    layers.attn.q_norm.scale, k_norm.scale  [L, D] (Qwen3)
+    layers.mlp_norm.scale   [L, d]
+    layers.mlp.gate.kernel, up.kernel [L, d, F] ("layers", "embed", "mlp");  down.kernel [L, F, d]
+    final_norm.scale        [d]
+    lm_head.kernel          [d, V]          ("embed", "vocab")   (absent with tied embeddings)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxdistill.models.config import ModelConfig
+
+Params = dict[str, Any]
+
+_INIT_STD = 0.02  # transformers' default initializer_range
+
+
+# ----------------------------------------------------------------------------------- modules
+
+
+class RMSNorm(nnx.Module):
+    """y = x / sqrt(mean(x^2) + eps) * scale, normalised in fp32 then cast back (as transformers)."""
+
+    def __init__(self, dim: int, eps: float, *, axis: str, param_dtype):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=(axis,))
+        self.eps = eps
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return normed.astype(x.dtype) * self.scale[...].astype(x.dtype)
+
+
+class Projection(nnx.Module):
+    """A dense map contracting the last len(in_shape) input dims: y = x . kernel (+ bias)."""
+
+    def __init__(self, in_shape, out_shape, in_axes, out_axes, *, bias: bool, rngs: nnx.Rngs,
+                 param_dtype):
+        shape = (*in_shape, *out_shape)
+        kernel = _INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)
+        self.kernel = nnx.Param(kernel.astype(param_dtype), logical_axes=(*in_axes, *out_axes))
+        self.bias = nnx.Param(jnp.zeros(out_shape, param_dtype), logical_axes=tuple(out_axes)) if bias else None
+        self.n_in = len(in_shape)
+
+    def __call__(self, x):
+        kernel = self.kernel[...].astype(x.dtype)
+        contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+        y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(x.dtype)
+        return y
+
+
+class Attention(nnx.Module):
+    """Grouped-query causal self-attention with RoPE, through `jax.nn.dot_product_attention`."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c, pd = config, config.jnp_param_dtype
+        d, H, K, D = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+        self.q = Projection((d,), (H, D), ("embed",), ("q_heads", "head_dim"), bias=c.qkv_bias,
+                            rngs=rngs, param_dtype=pd)
+        self.k = Projection((d,), (K, D), ("embed",), ("kv_heads", "head_dim"), bias=c.qkv_bias,
+                            rngs=rngs, param_dtype=pd)
+        self.v = Projection((d,), (K, D), ("embed",), ("kv_heads", "head_dim"), bias=c.qkv_bias,
+                            rngs=rngs, param_dtype=pd)
+        self.o = Projection((H, D), (d,), ("q_heads", "head_dim"), ("embed",), bias=c.o_bias,
+                            rngs=rngs, param_dtype=pd)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(D, c.rms_norm_eps, axis="head_dim", param_dtype=pd)
+            self.k_norm = RMSNorm(D, c.rms_norm_eps, axis="head_dim", param_dtype=pd)
+        else:
+            self.q_norm = self.k_norm = None
+        self.sliding_window = c.sliding_window
+        self.implementation = c.attention_impl
+
+    def __call__(self, x, cos, sin, mask):  # x [B, T, d]; cos, sin [B, T, D]; mask [B, 1, T, T] | None
+        q, k, v = self.q(x), self.k(x), self.v(x)  # [B, T, H|K, D]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        window = None if self.sliding_window is None else (self.sliding_window - 1, 0)
+        out = jax.nn.dot_product_attention(
+            q, k, v, mask=mask, is_causal=True, local_window_size=window,
+            implementation=self.implementation)
+        return self.o(out)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: W_down(silu(W_gate x) * W_up x)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        d, F, pd = config.hidden_size, config.intermediate_size, config.jnp_param_dtype
+        self.gate = Projection((d,), (F,), ("embed",), ("mlp",), bias=False, rngs=rngs, param_dtype=pd)
+        self.up = Projection((d,), (F,), ("embed",), ("mlp",), bias=False, rngs=rngs, param_dtype=pd)
+        self.down = Projection((F,), (d,), ("mlp",), ("embed",), bias=False, rngs=rngs, param_dtype=pd)
+
+    def __call__(self, x):
+        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nnx.Module):
+    """One pre-norm decoder layer."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        d, eps, pd = config.hidden_size, config.rms_norm_eps, config.jnp_param_dtype
+        self.attn_norm = RMSNorm(d, eps, axis="norm", param_dtype=pd)
+        self.attn = Attention(config, rngs=rngs)
+        self.mlp_norm = RMSNorm(d, eps, axis="norm", param_dtype=pd)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, cos, sin, mask):
+        h = x + self.attn(self.attn_norm(x), cos, sin, mask)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Transformer(nnx.Module):
+    """Embedding, L scanned blocks (parameters stacked on a leading axis), final norm, LM head."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c, pd = config, config.jnp_param_dtype
+        self.config = config
+        embed = _INIT_STD * jax.random.normal(rngs.params(), (c.vocab_size, c.hidden_size), jnp.float32)
+        self.embed = nnx.Param(embed.astype(pd), logical_axes=("vocab", "embed"))
+        block_def = nnx.graphdef(nnx.eval_shape(lambda: Block(c, rngs=nnx.Rngs(0))))
+
+        def init_block(key):
+            return nnx.state(Block(c, rngs=nnx.Rngs(key)))
+
+        stacked = jax.vmap(init_block)(jax.random.split(rngs.params(), c.num_layers))
+        self.layers = nnx.merge(block_def, stacked)
+        self.final_norm = RMSNorm(c.hidden_size, c.rms_norm_eps, axis="norm", param_dtype=pd)
+        self.lm_head = None if c.tie_word_embeddings else Projection(
+            (c.hidden_size,), (c.vocab_size,), ("embed",), ("vocab",), bias=False, rngs=rngs,
+            param_dtype=pd)
+
+    def hidden_states(self, tokens, segment_ids=None, positions=None, mesh=None):
+        """Final-normed hidden states [B, T, d] in the compute dtype."""
+        c = self.config
+        if positions is None:
+            positions = segment_positions(segment_ids, tokens.shape[1]) if segment_ids is not None \
+                else jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+        cos, sin = rope_tables(c, positions)
+        mask = None if segment_ids is None else (
+            segment_ids[:, None, :, None] == segment_ids[:, None, None, :])  # [B, 1, T, T]
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(c.jnp_compute_dtype)
+        x = _constrain_batch(x, mesh)
+        block_def, block_state = nnx.split(self.layers)
+
+        def body(h, layer_state):
+            h = nnx.merge(block_def, layer_state)(h, cos, sin, mask)
+            return _constrain_batch(h, mesh), None
+
+        if c.remat_policy != "none":
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat_policy], prevent_cse=False)
+        x, _ = jax.lax.scan(body, x, block_state)
+        return self.final_norm(x)
+
+    def head_kernel(self):
+        """LM-head weight [d, V] in the stored dtype (the embedding, transposed, when tied)."""
+        return self.embed[...].T if self.lm_head is None else self.lm_head.kernel[...]
+
+    def __call__(self, tokens, segment_ids=None, positions=None, mesh=None):
+        h = self.hidden_states(tokens, segment_ids, positions, mesh)
+        w = self.head_kernel().astype(h.dtype)
+        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+
+
+# ------------------------------------------------------------------------------ RoPE, masks
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    """Inverse frequencies [D/2] in float32, with llama3 or linear scaling applied (as transformers)."""
+    D = config.head_dim
+    inv_freq = (1.0 / (np.float32(config.rope_theta) **
+                       (np.arange(0, D, 2, dtype=np.float32) / np.float32(D)))).astype(np.float32)
+    rope = config.rope_params
+    rope_type = rope.get("rope_type", "default")
+    if rope_type == "linear":
+        inv_freq = inv_freq / np.float32(rope["factor"])
+    elif rope_type == "llama3":
+        factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+        old_len = rope.get("original_max_position_embeddings", config.max_position_embeddings)
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        wavelen = (2 * math.pi / inv_freq).astype(np.float32)
+        scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv_freq
+
+
+def rope_tables(config: ModelConfig, positions):
+    """cos, sin [B, T, D] (fp32) for integer positions [B, T]."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(config))
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate-half RoPE on x [B, T, N, D], computed in fp32."""
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
+
+
+def segment_positions(segment_ids, length: int):
+    """Positions that restart at 0 wherever the segment id changes: [B, T] int32."""
+    idx = jnp.arange(length, dtype=jnp.int32)
+    starts = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], dtype=bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
+        axis=1)
+    start_idx = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    return idx - start_idx
+
+
+def _constrain_batch(x, mesh):
+    """Pin activations [B, ...] to batch sharding over (data, fsdp) when a mesh is given."""
+    if mesh is None:
+        return x
+    from jaxdistill.models.sharding import activation_sharding
+
+    return jax.lax.with_sharding_constraint(x, activation_sharding(mesh, x.ndim))
+
+
+# --------------------------------------------------------------------------- pure interface
+
+
+@functools.lru_cache(maxsize=64)
+def _abstract_model(config: ModelConfig):
+    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    return nnx.split(model)
+
+
+def graphdef(config: ModelConfig):
+    """The module graph for `config` (cached), to merge with a params dict."""
+    return _abstract_model(config)[0]
+
+
+def abstract_params(config: ModelConfig) -> Params:
+    """The params tree as `jax.ShapeDtypeStruct`s, without allocating anything."""
+    return _abstract_model(config)[1].to_pure_dict()
+
+
+def logical_axes(config: ModelConfig) -> Params:
+    """The params tree with each leaf replaced by its tuple of logical axis names."""
+    state = _abstract_model(config)[1]
+
+    def axes(path, var):
+        names = var.get_metadata()["logical_axes"]
+        return ("layers", *names) if path[0] == "layers" else names
+
+    return nnx.State(
+        jax.tree_util.tree_map_with_path(
+            lambda p, v: axes(tuple(k.key for k in p), v), state,
+            is_leaf=lambda x: isinstance(x, nnx.Variable))
+    ).to_pure_dict()
+
+
+def init_params(config: ModelConfig, key: jax.Array) -> Params:
+    """Random parameters (normal(0, 0.02) kernels, unit norms, zero biases) as a plain dict."""
+    return nnx.state(Transformer(config, rngs=nnx.Rngs(key))).to_pure_dict()
+
+
+def as_module(config: ModelConfig, params: Params) -> Transformer:
+    """The NNX module view of a params dict (shares the arrays)."""
+    return nnx.merge(graphdef(config), params)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mesh"))
+def forward(config: ModelConfig, params: Params, tokens, *, segment_ids=None, positions=None,
+            mesh=None):
+    """Logits [B, T, V] in fp32 for tokens [B, T].
+
+    segment_ids [B, T] (int): tokens attend only within their own segment, and positions restart
+    at 0 at each segment start (packing). Padding is a segment of its own (e.g. id 0).
+    positions [B, T] (int): explicit RoPE positions; overrides the per-segment default.
+    mesh: when given, activations are constrained to batch sharding over (data, fsdp).
+    """
+    return as_module(config, params)(tokens, segment_ids, positions, mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "mesh"))
+def hidden_states(config: ModelConfig, params: Params, tokens, *, segment_ids=None, positions=None,
+                  mesh=None):
+    """Final-normed hidden states [B, T, d] (compute dtype): the input of a fused head + loss."""
+    return as_module(config, params).hidden_states(tokens, segment_ids, positions, mesh)

@@ -65,12 +65,42 @@ def make_hf_checkpoint(name: str, path: Path, seed: int = 0, **overrides) -> Pat
     return path
 
 
-def hf_logits(path: Path, tokens: np.ndarray) -> np.ndarray:
-    """float32 logits [B, T, V] from transformers (eager attention, CPU) for unpadded tokens [B, T]."""
+def hf_logits(path: Path, sequences, dtype: str = "float32") -> list[np.ndarray]:
+    """float32 logits [T, V] from transformers (eager attention, CPU), each sequence run alone."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
+                                                 attn_implementation="eager")
     model.eval()
     with torch.no_grad():
-        return model(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
+        return [model(torch.as_tensor(np.asarray(seq)[None], dtype=torch.long)).logits[0].float().numpy()
+                for seq in sequences]
+
+
+def random_sequences(lengths, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, VOCAB, n) for n in lengths]
+
+
+def pad_batch(sequences, length: int, pad_id: int = 0):
+    """tokens, segment_ids [B, length]: each sequence is segment 1, right padding is segment 0."""
+    tokens = np.full((len(sequences), length), pad_id, np.int32)
+    segments = np.zeros((len(sequences), length), np.int32)
+    for row, seq in enumerate(sequences):
+        tokens[row, :len(seq)] = seq
+        segments[row, :len(seq)] = 1
+    return tokens, segments
+
+
+def pack_batch(rows, length: int, pad_id: int = 0):
+    """tokens, segment_ids [B, length] from rows of sequences; segments numbered 1, 2, ... per row."""
+    tokens = np.full((len(rows), length), pad_id, np.int32)
+    segments = np.zeros((len(rows), length), np.int32)
+    for r, row in enumerate(rows):
+        start = 0
+        for s, seq in enumerate(row, start=1):
+            tokens[r, start:start + len(seq)] = seq
+            segments[r, start:start + len(seq)] = s
+            start += len(seq)
+    return tokens, segments

@@ -2,8 +2,8 @@
 
 Every parameter carries a tuple of logical axis names (`transformer.logical_axes`). `RULES` maps each
 name to a mesh axis (or a tuple of them, or None for replicated). A dimension whose size the mesh
-axes do not divide is replicated instead (e.g. 2 kv heads on a tensor axis of 4), and a mesh axis is
-never used twice in one spec.
+axes do not divide is replicated instead (e.g. 2 kv heads on a tensor axis of 4), a mesh axis is
+never used twice in one spec, and mesh axes of size 1 are left out.
 
 The default layout is FSDP over `fsdp` (hidden dim), Megatron-style tensor parallelism over `tensor`
 (heads, MLP neurons, vocab), and data parallelism over `data` + `fsdp` for activations.
@@ -70,7 +70,7 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
             raise KeyError(f"logical axis {name!r} has no sharding rule; known: {sorted(rules)}")
         target = rules.get(name) if name is not None else None
         mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
-        mesh_axes = tuple(a for a in mesh_axes if a in mesh.shape and a not in used)
+        mesh_axes = tuple(a for a in mesh_axes if mesh.shape.get(a, 1) > 1 and a not in used)
         n = math.prod(mesh.shape[a] for a in mesh_axes)
         if n > 1 and size % n:
             log.info("replicating logical axis %r (size %d) not divisible by mesh axes %s (%d)",
@@ -97,7 +97,8 @@ def shard_params(params, axes_tree, mesh: Mesh, rules: Mapping[str, object] = RU
 def activation_sharding(mesh: Mesh, ndim: int, rules: Mapping[str, object] = RULES) -> NamedSharding:
     """Batch-sharded placement for an activation [B, ...] of rank `ndim`."""
     target = rules["batch"]
-    batch_axes = tuple(a for a in ((target,) if isinstance(target, str) else target) if a in mesh.shape)
+    batch_axes = tuple(a for a in ((target,) if isinstance(target, str) else target)
+                       if mesh.shape.get(a, 1) > 1)
     return NamedSharding(mesh, PartitionSpec(batch_axes or None, *([None] * (ndim - 1))))
 
 

@@ -276,27 +276,31 @@ def graphdef(config: ModelConfig):
 
 def abstract_params(config: ModelConfig) -> Params:
     """The params tree as `jax.ShapeDtypeStruct`s, without allocating anything."""
-    return _abstract_model(config)[1].to_pure_dict()
+    return nnx.to_pure_dict(_abstract_model(config)[1])
 
 
 def logical_axes(config: ModelConfig) -> Params:
     """The params tree with each leaf replaced by its tuple of logical axis names."""
-    state = _abstract_model(config)[1]
-
-    def axes(path, var):
-        names = var.get_metadata()["logical_axes"]
-        return ("layers", *names) if path[0] == "layers" else names
-
-    return nnx.State(
-        jax.tree_util.tree_map_with_path(
-            lambda p, v: axes(tuple(k.key for k in p), v), state,
-            is_leaf=lambda x: isinstance(x, nnx.Variable))
-    ).to_pure_dict()
+    axes = nnx.to_pure_dict(_abstract_model(config)[1],
+                            extract_fn=lambda var: var.get_metadata()["logical_axes"])
+    axes["layers"] = jax.tree.map(lambda names: ("layers", *names), axes["layers"],
+                                  is_leaf=lambda x: isinstance(x, tuple))
+    return axes
 
 
-def init_params(config: ModelConfig, key: jax.Array) -> Params:
-    """Random parameters (normal(0, 0.02) kernels, unit norms, zero biases) as a plain dict."""
-    return nnx.state(Transformer(config, rngs=nnx.Rngs(key))).to_pure_dict()
+def init_params(config: ModelConfig, key: jax.Array, *, mesh=None) -> Params:
+    """Random parameters (normal(0, 0.02) kernels, unit norms, zero biases) as a plain dict.
+
+    Runs under jit; with `mesh`, each device materialises only its own shard (sharding rules)."""
+    def init(k):
+        return nnx.to_pure_dict(nnx.state(Transformer(config, rngs=nnx.Rngs(k))))
+
+    out_shardings = None
+    if mesh is not None:
+        from jaxdistill.models.sharding import tree_shardings
+
+        out_shardings = tree_shardings(logical_axes(config), abstract_params(config), mesh)
+    return jax.jit(init, out_shardings=out_shardings)(key)
 
 
 def as_module(config: ModelConfig, params: Params) -> Transformer:

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import Mesh, NamedSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from jaxdistill.atomic_files import atomic_write, write_json
 from jaxdistill.models import sharding as sharding_lib
 from jaxdistill.models.config import ConfigError, ModelConfig
 from jaxdistill.models.transformer import Params, abstract_params, logical_axes
@@ -180,8 +181,13 @@ def _check_tensors(specs: list[TensorSpec], reader: _Reader, config: ModelConfig
 
 
 def _place(spec: TensorSpec, reader: _Reader, sharding, dtype, num_layers: int) -> jax.Array:
-    """Build one parameter directly in its sharded placement, reading each source tensor once."""
-    index_map = sharding.addressable_devices_indices_map(spec.shape)
+    """Build one parameter directly in its sharded placement, reading each source tensor once.
+
+    sharding None: one host buffer, put uncommitted on the default device (as `init_params` does)."""
+    if sharding is None:
+        index_map = {None: tuple(slice(None) for _ in spec.shape)}
+    else:
+        index_map = sharding.addressable_devices_indices_map(spec.shape)
     key = lambda idx: tuple(s.indices(n) for s, n in zip(idx, spec.shape))
     shards = {key(idx): idx for idx in index_map.values()}
     buffers = {k: np.empty([len(range(*r)) for r in k], dtype) for k in shards}
@@ -197,6 +203,8 @@ def _place(spec: TensorSpec, reader: _Reader, sharding, dtype, num_layers: int) 
         for k, idx in shards.items():
             buffers[k][...] = tensor[idx]
         del tensor
+    if sharding is None:
+        return jax.device_put(buffers.popitem()[1])
     arrays = [jax.device_put(buffers[key(idx)], device) for device, idx in index_map.items()]
     return jax.make_array_from_single_device_arrays(spec.shape, sharding, arrays)
 
@@ -231,7 +239,7 @@ def load_pretrained(path: str | os.PathLike, *, mesh: Mesh | None = None, dtype=
                 placement = NamedSharding(mesh, sharding_lib.logical_to_spec(
                     leaf_axes, spec.shape, mesh, rules))
             else:
-                placement = SingleDeviceSharding(jax.local_devices()[0])
+                placement = None
             _set(params, spec.path,
                  _place(spec, reader, placement, config.jnp_param_dtype, config.num_layers))
     return config, params
@@ -258,15 +266,6 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
-
-
-def _atomic_write(target: Path, write) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _hf_tensors(spec: TensorSpec, host: np.ndarray, num_layers: int) -> Iterator[tuple[str, np.ndarray]]:
@@ -316,18 +315,16 @@ def save_pretrained(config: ModelConfig, params: Params, path: str | os.PathLike
             tensors.update(_hf_tensors(spec, host, config.num_layers))
         weight_map.update({name: file_name for name in tensors})
         if writer:
-            _atomic_write(path / file_name,
-                          lambda tmp, t=tensors: save_file(t, str(tmp), metadata={"format": "pt"}))
+            atomic_write(path / file_name,
+                         lambda tmp, t=tensors: save_file(t, str(tmp), metadata={"format": "pt"}))
         del tensors
     if not writer:
         return
     if len(shards) > 1:
         total = sum(math.prod(s.shape) * itemsize for s in specs)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        _atomic_write(path / "model.safetensors.index.json",
-                      lambda tmp: tmp.write_text(json.dumps(index, indent=2)))
-    hf_config = config.to_hf_dict()
-    _atomic_write(path / "config.json", lambda tmp: tmp.write_text(json.dumps(hf_config, indent=2)))
+        write_json(path / "model.safetensors.index.json", index)
+    write_json(path / "config.json", config.to_hf_dict())
 
 
 __all__ = ["CheckpointError", "ConfigError", "load_pretrained", "read_config", "save_pretrained",

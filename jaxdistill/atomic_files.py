@@ -1,0 +1,27 @@
+"""Atomic file writes: write to a temporary name in the same directory, then rename over the target,
+so a crash or kill never leaves a half-written checkpoint or result file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(target: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_path)`, fsync it, then rename it to `target`."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(target: str | os.PathLike, obj: Any) -> None:
+    atomic_write(target, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))

@@ -1,0 +1,70 @@
+"""Command line: `jaxdistill run [CONFIG] [key=value ...]` and `jaxdistill bench CONFIG [--json]`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from jaxdistill.run_config import RunConfigError, load_run_config
+
+JOBS = ("model-smoke",)
+
+
+@click.group()
+def main():
+    """jaxdistill: distil a teacher LLM into a pruned student and measure what it costs."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+def run(args):
+    """Run the job a config describes (no CONFIG: the embedded default), with key=value overrides."""
+    config_path = None
+    if args and "=" not in args[0]:
+        config_path, args = args[0], args[1:]
+    try:
+        config = load_run_config(config_path, args)
+    except RunConfigError as err:
+        raise click.UsageError(str(err)) from err
+    job = config["job"]
+    if job not in JOBS:
+        raise click.UsageError(f"job={job!r}: valid jobs are {', '.join(JOBS)}")
+    from jaxdistill.models import ConfigError
+    from jaxdistill.smoke import model_smoke
+
+    try:
+        model_smoke(config, log=lambda msg: click.echo(msg, err=True))
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from err
+
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@click.argument("overrides", nargs=-1)
+def bench(config, as_json, overrides):
+    """Run the benchmark a YAML file describes (e.g. jaxdistill/configs/bench/forward_cpu.yaml)."""
+    from jaxdistill.bench import run_benchmark
+    from jaxdistill.run_config import parse_override
+
+    spec = yaml.safe_load(config.read_text()) or {}
+    try:
+        for text in overrides:
+            spec.update(parse_override(text))
+        result = run_benchmark(spec)
+    except (RunConfigError, ValueError) as err:
+        raise click.UsageError(str(err)) from err
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        width = max(map(len, result))
+        for key, value in result.items():
+            click.echo(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -88,3 +88,13 @@ def test_invalid_config_values(field, value, message):
 def test_missing_config_json(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json"):
         load_pretrained(tmp_path)
+
+
+def test_export_refuses_a_config_its_family_cannot_express(tmp_path):
+    from jaxdistill.models import save_pretrained
+
+    config = ModelConfig(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,
+                         num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8, qkv_bias=False)
+    with pytest.raises(ConfigError, match=r"cannot be expressed as a qwen2 config.json"):
+        save_pretrained(config, init_params(config, jax.random.key(0)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -32,6 +32,16 @@ _ARCHITECTURES = {
 }
 
 
+def _family_flags(model_type: str, attention_bias: bool) -> tuple[bool, bool, bool]:
+    """(qkv_bias, o_bias, qk_norm) of a family, given config.json's `attention_bias`."""
+    return {
+        "llama": (attention_bias, attention_bias, False),
+        "mistral": (False, False, False),
+        "qwen2": (True, False, False),
+        "qwen3": (attention_bias, attention_bias, True),
+    }[model_type]
+
+
 class ConfigError(ValueError):
     """A model configuration (or checkpoint) the model layer cannot run."""
 
@@ -151,13 +161,7 @@ class ModelConfig:
         rope_scaling = None if rope_type == "default" else tuple(
             sorted({"rope_type": rope_type, **rope}.items()))
 
-        attention_bias = bool(hf.get("attention_bias", False))
-        qkv_bias, o_bias, qk_norm = {
-            "llama": (attention_bias, attention_bias, False),
-            "mistral": (False, False, False),
-            "qwen2": (True, False, False),
-            "qwen3": (attention_bias, attention_bias, True),
-        }[model_type]
+        qkv_bias, o_bias, qk_norm = _family_flags(model_type, bool(hf.get("attention_bias", False)))
 
         sliding_window = None
         if model_type == "mistral":
@@ -221,9 +225,13 @@ class ModelConfig:
             pad_token_id=self.pad_token_id,
             architectures=[_ARCHITECTURES[self.model_type]],
         )
+        flags = (self.qkv_bias, self.o_bias, self.qk_norm)
+        if flags not in (_family_flags(self.model_type, False), _family_flags(self.model_type, True)):
+            raise ConfigError(
+                f"(qkv_bias, o_bias, qk_norm)={flags} cannot be expressed as a {self.model_type} "
+                f"config.json; that family allows {_family_flags(self.model_type, False)} or "
+                f"{_family_flags(self.model_type, True)}")
         if self.model_type in ("llama", "qwen3"):
-            if self.qkv_bias != self.o_bias:
-                raise ConfigError(f"{self.model_type} has one attention_bias flag for q/k/v and o")
             kwargs["attention_bias"] = self.qkv_bias
         if self.model_type == "mistral":
             kwargs["sliding_window"] = self.sliding_window

@@ -283,6 +283,7 @@ def save_pretrained(config: ModelConfig, params: Params, path: str | os.PathLike
     atomically (temporary name, then rename). In a multi-host run every process must call this;
     process 0 writes."""
     path = Path(path)
+    hf_config = config.to_hf_dict()  # fails before anything is written if the family can't express it
     specs = tensor_specs(config)
     for spec in specs:
         actual = tuple(np.shape(_get(params, spec.path)))
@@ -324,7 +325,7 @@ def save_pretrained(config: ModelConfig, params: Params, path: str | os.PathLike
         total = sum(math.prod(s.shape) * itemsize for s in specs)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         write_json(path / "model.safetensors.index.json", index)
-    write_json(path / "config.json", config.to_hf_dict())
+    write_json(path / "config.json", hf_config)
 
 
 __all__ = ["CheckpointError", "ConfigError", "load_pretrained", "read_config", "save_pretrained",

@@ -1,0 +1,144 @@
+"""The chunked fused head + loss equals the unfused computation (value and gradients), on one
+device and on 8 virtual devices with the head and logits sharded over the vocabulary."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxdistill import losses as L
+from jaxdistill.models import make_mesh
+
+B, T, D, DT, V = 2, 13, 16, 24, 64  # B*T = 26 positions: no chunk size below divides it
+
+
+def _inputs(seed=0, dtype=jnp.float32):
+    k = jax.random.split(jax.random.key(seed), 6)
+    return dict(
+        hs=jax.random.normal(k[0], (B, T, D), dtype),
+        ws=(0.4 * jax.random.normal(k[1], (D, V))).astype(dtype),
+        ht=jax.random.normal(k[2], (B, T, DT), dtype),
+        wt=(0.4 * jax.random.normal(k[3], (DT, V))).astype(dtype),
+        labels=jax.random.randint(k[4], (B, T), 0, V),
+        parts=jax.random.randint(k[5], (B, T), 0, 4),
+    )
+
+
+LOSSES = {
+    "forward_kl": (L.divergence_loss("forward_kl", temperature=2.0, scale_by_t2=True), "weights"),
+    "jsd": (L.divergence_loss("jsd", beta=0.3), "weights"),
+    "skew_reverse_kl": (L.divergence_loss("skew_reverse_kl", alpha=0.2), "weights"),
+    "cross_entropy": (L.cross_entropy_loss(label_smoothing=0.1), "weights"),
+    "blended": (L.BlendedCoT(w_trace_ce=0.5, divergence="reverse_kl", kl_schedule="cosine",
+                             kl_warmup_steps=10).token_loss(), "parts"),
+}
+
+
+def _tokens(x, which):
+    tokens = {"labels": x["labels"]}
+    if which == "parts":
+        tokens["parts"] = x["parts"]
+    else:
+        tokens["weights"] = (x["parts"] > 0).astype(jnp.float32)
+    return tokens
+
+
+def _both(loss, x, tokens, **kw):
+    def fused(hs, ws):
+        return L.fused_loss(loss, hs, ws, tokens, teacher_hidden=x["ht"], teacher_head=x["wt"], step=4, **kw)
+
+    def unfused(hs, ws):
+        return L.fused_reference(loss, hs, ws, tokens, teacher_hidden=x["ht"], teacher_head=x["wt"], step=4)
+
+    grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(x["hs"], x["ws"])
+    return grad(fused), grad(unfused)
+
+
+def _assert_close(fused, unfused, rtol=1e-5):
+    (value, metrics), grads = fused
+    (value_ref, metrics_ref), grads_ref = unfused
+    assert abs(float(value) - float(value_ref)) <= rtol * abs(float(value_ref))
+    for name in metrics_ref:
+        assert float(metrics[name]) == pytest.approx(float(metrics_ref[name]), rel=rtol, abs=1e-7), name
+    for g, g_ref in zip(grads, grads_ref):
+        g, g_ref = np.asarray(g, np.float64), np.asarray(g_ref, np.float64)
+        assert np.abs(g - g_ref).max() <= rtol * np.abs(g_ref).max()
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("chunk_size", [4, 7, 64])
+def test_fused_equals_unfused(name, chunk_size):
+    loss, which = LOSSES[name]
+    x = _inputs()
+    _assert_close(*_both(loss, x, _tokens(x, which), chunk_size=chunk_size))
+
+
+@pytest.mark.parametrize("name", ["jsd", "blended"])
+def test_capacity_skips_unsupervised_positions(name):
+    loss, which = LOSSES[name]
+    x = _inputs(1)
+    tokens = _tokens(x, which)
+    supervised = np.asarray(x["parts"] > 0) if which == "weights" else np.asarray(x["parts"] >= 2)
+    n_supervised = int(supervised.sum())
+    fused, unfused = _both(loss, x, tokens, chunk_size=5, capacity=n_supervised)
+    _assert_close(fused, unfused)
+    assert float(fused[0][1]["dropped_tokens"]) == 0.0
+    # Unsupervised positions (prompt, padding) get exactly zero gradient.
+    assert np.all(np.asarray(fused[1][0])[~supervised] == 0.0)
+    too_small, _ = _both(loss, x, tokens, chunk_size=5, capacity=n_supervised - 3)
+    assert float(too_small[0][1]["dropped_tokens"]) == 3.0
+
+
+def test_fused_with_sparse_teacher_targets():
+    x = _inputs(2)
+    teacher_logits = jnp.einsum("btd,dv->btv", x["ht"], x["wt"])
+    targets = L.sampled_targets(jax.random.key(3), teacher_logits, 6)
+    loss = L.divergence_loss("forward_kl")
+    tokens = _tokens(x, "weights")
+    fused = jax.value_and_grad(lambda hs, ws: L.fused_loss(loss, hs, ws, tokens, teacher_targets=targets,
+                                                          chunk_size=8), argnums=(0, 1), has_aux=True)
+    unfused = jax.value_and_grad(lambda hs, ws: L.fused_reference(loss, hs, ws, tokens, teacher_targets=targets),
+                                 argnums=(0, 1), has_aux=True)
+    _assert_close(fused(x["hs"], x["ws"]), unfused(x["hs"], x["ws"]))
+
+
+def test_fused_bf16_hidden_states():
+    """bf16 activations and heads: fp32 logits and loss; fused and unfused see the same bf16 logits."""
+    loss, which = LOSSES["forward_kl"]
+    x = _inputs(4, jnp.bfloat16)
+    (value, _), grads = _both(loss, x, _tokens(x, which), chunk_size=8)[0]
+    assert value.dtype == jnp.float32 and grads[0].dtype == jnp.bfloat16
+    _assert_close(*_both(loss, x, _tokens(x, which), chunk_size=8), rtol=2e-2)
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 1, 8), (2, 1, 4)])
+def test_fused_vocab_parallel_on_8_devices(mesh_shape):
+    """Heads sharded over `tensor` on the vocab axis, positions over `data`: same numbers as one device."""
+    mesh = make_mesh(mesh_shape)
+    loss, which = LOSSES["blended"]
+    x = _inputs(5)
+    tokens = _tokens(x, which)
+    single_fused, single_unfused = _both(loss, x, tokens, chunk_size=7)
+    vocab = NamedSharding(mesh, P(None, "tensor"))
+    batch = NamedSharding(mesh, P("data"))
+    sharded = dict(x, ws=jax.device_put(x["ws"], vocab), wt=jax.device_put(x["wt"], vocab),
+                   hs=jax.device_put(x["hs"], batch), ht=jax.device_put(x["ht"], batch))
+    tokens_sharded = jax.device_put(tokens, batch)
+    fused, unfused = _both(loss, sharded, tokens_sharded, chunk_size=7)
+    assert fused[1][1].sharding.is_equivalent_to(vocab, 2) or mesh_shape[2] == 1
+    _assert_close(fused, single_unfused)
+    _assert_close(unfused, single_unfused)
+    _assert_close(single_fused, single_unfused)
+
+
+def test_fused_errors_name_shapes():
+    x = _inputs()
+    loss = L.divergence_loss()
+    with pytest.raises(L.LossInputError, match="teacher 65, student 64 — teacher and student must share a tokenizer"):
+        L.fused_loss(loss, x["hs"], x["ws"], {}, teacher_hidden=x["ht"], teacher_head=jnp.zeros((DT, 65)))
+    with pytest.raises(L.LossInputError, match=r"weights has shape \(2, 12\), expected \(2, 13\)"):
+        L.fused_loss(loss, x["hs"], x["ws"], {"weights": jnp.ones((2, 12))}, teacher_hidden=x["ht"],
+                     teacher_head=x["wt"])
+    with pytest.raises(L.LossInputError, match=r"student_head has shape \(8, 64\), expected \(16, 64\)"):
+        L.fused_loss(loss, x["hs"], x["ws"][:8], {}, teacher_hidden=x["ht"], teacher_head=x["wt"])

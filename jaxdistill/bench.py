@@ -21,8 +21,9 @@ import numpy as np
 from jaxdistill.models import ModelConfig, forward, init_params
 
 # Dense bf16 peak, TFLOP/s per chip, from the vendors' datasheets (substring of device_kind).
+# More specific names first: "H100 PCIe" must match before "H100" (SXM).
 DATASHEET_PEAK_TFLOPS = {
-    "H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0,
+    "H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0,
     "TPU v6": 918.0, "TPU v5p": 459.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v4": 275.0,
 }
 

@@ -75,14 +75,25 @@ def test_misshaped_tensor_names_tensor_and_shape(checkpoints, tmp_path):
 @pytest.mark.parametrize("field, value, message", [
     ("num_heads", 6, "not a multiple of num_kv_heads=4"),
     ("remat_policy", "sometimes", "valid values are none, full"),
-    ("compute_dtype", "float8", "valid values are float32, bfloat16"),
     ("rope_scaling", (("rope_type", "yarn"),), "unsupported rope_type 'yarn'"),
+    ("rope_scaling", {"rope_type": "llama3", "factor": 8.0}, "needs low_freq_factor, high_freq_factor"),
+    ("rope_scaling", {"rope_type": "linear"}, "'linear' needs factor"),
+    ("attention_impl", "cudnn", "needs compute_dtype bfloat16"),
+    ("compute_dtype", "float16", "valid values are float32, bfloat16"),
 ])
 def test_invalid_config_values(field, value, message):
     fields = dict(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
                   num_layers=2, num_heads=8, num_kv_heads=4, head_dim=8)
     with pytest.raises(ConfigError, match=message):
         ModelConfig(**{**fields, field: value})
+
+
+def test_rope_scaling_dict_is_stored_hashable():
+    config = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
+                         num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8,
+                         rope_scaling={"rope_type": "linear", "factor": 2.0})
+    assert config.rope_scaling == (("factor", 2.0), ("rope_type", "linear"))
+    hash(config)
 
 
 def test_missing_config_json(tmp_path):

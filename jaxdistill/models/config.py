@@ -20,9 +20,11 @@ import jax.numpy as jnp
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+_ROPE_REQUIRED = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor")}
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = (None, "xla", "cudnn")
-DTYPES = ("float32", "bfloat16", "float16")
+PARAM_DTYPES = ("float32", "bfloat16", "float16")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 _ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -99,9 +101,11 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim}: RoPE needs an even head dimension")
-        for name in ("param_dtype", "compute_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ConfigError(f"{name}={getattr(self, name)!r}: valid values are {', '.join(DTYPES)}")
+        if self.param_dtype not in PARAM_DTYPES:
+            raise ConfigError(f"param_dtype={self.param_dtype!r}: valid values are {', '.join(PARAM_DTYPES)}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(
+                f"compute_dtype={self.compute_dtype!r}: valid values are {', '.join(COMPUTE_DTYPES)}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ConfigError(
                 f"remat_policy={self.remat_policy!r}: valid values are {', '.join(REMAT_POLICIES)}"
@@ -110,11 +114,20 @@ class ModelConfig:
             raise ConfigError(
                 f"attention_impl={self.attention_impl!r}: valid values are None, 'xla', 'cudnn'"
             )
+        if isinstance(self.rope_scaling, dict):  # accept a dict, store it hashable
+            object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())) or None)
         rope_type = self.rope_params.get("rope_type", "default")
         if rope_type not in SUPPORTED_ROPE_TYPES:
             raise ConfigError(
                 f"unsupported rope_type {rope_type!r}: supported are {', '.join(SUPPORTED_ROPE_TYPES)}"
             )
+        missing = [k for k in _ROPE_REQUIRED.get(rope_type, ()) if k not in self.rope_params]
+        if missing:
+            raise ConfigError(f"rope_type {rope_type!r} needs {', '.join(missing)} in rope_scaling; "
+                              f"got {self.rope_params}")
+        if self.attention_impl == "cudnn" and self.compute_dtype == "float32":
+            raise ConfigError("attention_impl='cudnn' needs compute_dtype bfloat16 (cuDNN attention "
+                              "takes fp16/bf16 only); use attention_impl=None for float32")
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ConfigError(f"sliding_window={self.sliding_window}: must be positive or None")
 
@@ -167,14 +180,18 @@ class ModelConfig:
         if model_type == "mistral":
             sliding_window = hf.get("sliding_window")
         elif hf.get("use_sliding_window") and hf.get("sliding_window"):
-            layer_types = hf.get("layer_types") or ["sliding_attention"] * hf["num_hidden_layers"]
+            # As transformers: without explicit layer_types, layers i >= max_window_layers slide.
+            first_sliding = hf.get("max_window_layers", 28)
+            layer_types = hf.get("layer_types") or [
+                "sliding_attention" if i >= first_sliding else "full_attention"
+                for i in range(hf["num_hidden_layers"])]
             kinds = set(layer_types)
             if kinds == {"sliding_attention"}:
                 sliding_window = hf["sliding_window"]
             elif kinds != {"full_attention"}:
                 raise ConfigError(
-                    "layer_types mixes sliding and full attention; only uniform layers are supported"
-                )
+                    f"layer_types {layer_types} mix sliding and full attention; only uniform layers "
+                    "are supported (all sliding or all full)")
         eos = hf.get("eos_token_id")
         fields = dict(
             model_type=model_type,

@@ -154,16 +154,27 @@ class _Reader:
         self.handles = {file: stack.enter_context(safe_open(file, framework="numpy"))
                         for file in sorted(set(files.values()))}
 
+    def _resolve(self, name):
+        """The stored name: as given, or without the `model.` prefix (a base-model checkpoint)."""
+        if name not in self.files and name.startswith("model."):
+            return name.removeprefix("model.")
+        return name
+
     def __contains__(self, name):
-        return name in self.files
+        return self._resolve(name) in self.files
+
+    def _slice(self, name):
+        name = self._resolve(name)
+        return self.handles[self.files[name]].get_slice(name)
 
     def shape(self, name) -> tuple[int, ...]:
-        return tuple(self.handles[self.files[name]].get_slice(name).get_shape())
+        return tuple(self._slice(name).get_shape())
 
     def dtype(self, name) -> str:
-        return self.handles[self.files[name]].get_slice(name).get_dtype()
+        return self._slice(name).get_dtype()
 
     def read(self, name) -> np.ndarray:
+        name = self._resolve(name)
         return self.handles[self.files[name]].get_tensor(name)
 
 
@@ -214,7 +225,7 @@ def load_pretrained(path: str | os.PathLike, *, mesh: Mesh | None = None, dtype=
     """Read a local Hugging Face checkpoint directory into (config, params).
 
     dtype: parameter dtype (default: the checkpoint's own). compute_dtype: matmul dtype (default:
-    dtype). With `mesh`, every tensor goes straight to its sharded placement under `rules`;
+    dtype when that is float32 or bfloat16, else float32). With `mesh`, every tensor goes straight to its sharded placement under `rules`;
     without, to the default device.
     """
     path = Path(path)
@@ -226,9 +237,9 @@ def load_pretrained(path: str | os.PathLike, *, mesh: Mesh | None = None, dtype=
             raise CheckpointError(f"{path}: missing tensor {embed_name!r}")
         stored = _DTYPES.get(reader.dtype(embed_name), "float32")
         param_dtype = str(np.dtype(dtype)) if dtype is not None else stored
-        config = config.replace(
-            param_dtype=param_dtype,
-            compute_dtype=str(np.dtype(compute_dtype)) if compute_dtype is not None else param_dtype)
+        if compute_dtype is None:
+            compute_dtype = param_dtype if param_dtype in ("float32", "bfloat16") else "float32"
+        config = config.replace(param_dtype=param_dtype, compute_dtype=str(np.dtype(compute_dtype)))
         specs = tensor_specs(config)
         _check_tensors(specs, reader, config, path)
         axes = logical_axes(config)
@@ -268,20 +279,22 @@ def _to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-def _hf_tensors(spec: TensorSpec, host: np.ndarray, num_layers: int) -> Iterator[tuple[str, np.ndarray]]:
-    if spec.stacked:
-        for layer in range(num_layers):
-            yield spec.hf_name(layer), spec.to_hf(host[layer])
-    else:
-        yield spec.hf_name(None), spec.to_hf(host)
+def _host_tensor(spec: TensorSpec, params: Params, layer: int | None, dtype) -> np.ndarray:
+    """One Hugging Face tensor on the host: only that layer's slice leaves the devices."""
+    x = _get(params, spec.path)
+    if layer is not None:
+        x = x[layer]
+    return spec.to_hf(_to_host(x).astype(dtype, copy=False))
 
 
 def save_pretrained(config: ModelConfig, params: Params, path: str | os.PathLike, *,
                     max_shard_bytes: int = 5 * 2**30) -> None:
-    """Write `config.json` and safetensors (sharded above `max_shard_bytes`) that
-    `transformers.AutoModelForCausalLM.from_pretrained(path)` loads. Every file is written
-    atomically (temporary name, then rename). In a multi-host run every process must call this;
-    process 0 writes."""
+    """Write `config.json` and safetensors that `transformers.AutoModelForCausalLM.from_pretrained(path)`
+    loads, in files of at most `max_shard_bytes` (one tensor may exceed it alone) with
+    `model.safetensors.index.json` when there are several. Every file is written atomically
+    (temporary name, then rename) and safetensors files of an earlier save that are not part of
+    this one are removed last. Host memory holds one file's tensors at a time. In a multi-host run
+    every process must call this; process 0 writes."""
     path = Path(path)
     hf_config = config.to_hf_dict()  # fails before anything is written if the family can't express it
     specs = tensor_specs(config)
@@ -294,26 +307,25 @@ def save_pretrained(config: ModelConfig, params: Params, path: str | os.PathLike
     writer = jax.process_index() == 0
     if writer:
         path.mkdir(parents=True, exist_ok=True)
-    itemsize = config.jnp_param_dtype.itemsize
+    dtype = config.jnp_param_dtype
 
-    # Plan shards by size first, so file names can carry the shard count.
-    shards: list[list[TensorSpec]] = [[]]
+    # Plan files by size first (one entry per HF tensor), so names can carry the file count.
+    entries = [(spec, layer) for spec in specs
+               for layer in (range(config.num_layers) if spec.stacked else [None])]
+    shards: list[list[tuple[TensorSpec, int | None]]] = [[]]
     size = 0
-    for spec in specs:
-        nbytes = math.prod(spec.shape) * itemsize
+    for spec, layer in entries:
+        nbytes = math.prod(spec.layer_shape) * dtype.itemsize
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
-        shards[-1].append(spec)
+        shards[-1].append((spec, layer))
         size += nbytes
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     weight_map = {}
     for file_name, shard in zip(names, shards):
-        tensors = {}
-        for spec in shard:
-            host = _to_host(_get(params, spec.path)).astype(config.jnp_param_dtype)
-            tensors.update(_hf_tensors(spec, host, config.num_layers))
+        tensors = {spec.hf_name(layer): _host_tensor(spec, params, layer, dtype) for spec, layer in shard}
         weight_map.update({name: file_name for name in tensors})
         if writer:
             atomic_write(path / file_name,
@@ -321,11 +333,15 @@ def save_pretrained(config: ModelConfig, params: Params, path: str | os.PathLike
         del tensors
     if not writer:
         return
+    index_file = path / "model.safetensors.index.json"
     if len(shards) > 1:
-        total = sum(math.prod(s.shape) * itemsize for s in specs)
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        write_json(path / "model.safetensors.index.json", index)
+        total = sum(math.prod(s.shape) * dtype.itemsize for s in specs)
+        write_json(index_file, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    else:
+        index_file.unlink(missing_ok=True)
     write_json(path / "config.json", hf_config)
+    for stale in set(path.glob("*.safetensors")) - {path / name for name in names}:
+        stale.unlink()
 
 
 __all__ = ["CheckpointError", "ConfigError", "load_pretrained", "read_config", "save_pretrained",

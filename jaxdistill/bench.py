@@ -166,7 +166,66 @@ def bench_forward(model: str | dict | ModelConfig = "cpu-small", batch: int = 4,
     }
 
 
-BENCHMARKS = {"forward": bench_forward}
+def _loss_fn(fused: bool, loss, chunk_size: int):
+    """grad of a distillation loss w.r.t. student hidden states and head, fused or unfused."""
+    from jaxdistill import losses
+
+    def value(hs, ws, ht, wt, weights):
+        kwargs = dict(teacher_hidden=ht, teacher_head=wt)
+        if fused:
+            return losses.fused_loss(loss, hs, ws, {"weights": weights}, chunk_size=chunk_size, **kwargs)[0]
+        return losses.fused_reference(loss, hs, ws, {"weights": weights}, **kwargs)[0]
+
+    return jax.jit(jax.value_and_grad(value, argnums=(0, 1)))
+
+
+def bench_loss_memory(vocab_sizes=(32768, 151936), token_counts=(4096, 16384), hidden: int = 1024,
+                      teacher_hidden: int = 1024, chunk_size: int = 1024, divergence: str = "forward_kl",
+                      time_cases=((32768, 4096),), iters: int = 3) -> dict[str, Any]:
+    """Compiled temporary memory (XLA memory_analysis, compile only) of unfused vs chunked
+    forward+backward of a distillation loss from hidden states, for every (V, N); wall time of both
+    for the (V, N) in `time_cases` (those must fit in host memory)."""
+    from jaxdistill import losses
+
+    loss = losses.divergence_loss(divergence)
+    rows = []
+    for vocab in vocab_sizes:
+        for n in token_counts:
+            shapes = (jax.ShapeDtypeStruct((n, hidden), jnp.float32),
+                      jax.ShapeDtypeStruct((hidden, vocab), jnp.float32),
+                      jax.ShapeDtypeStruct((n, teacher_hidden), jnp.float32),
+                      jax.ShapeDtypeStruct((teacher_hidden, vocab), jnp.float32),
+                      jax.ShapeDtypeStruct((n,), jnp.float32))
+            row = {"vocab": vocab, "tokens": n}
+            fns = {"unfused": _loss_fn(False, loss, chunk_size), "chunked": _loss_fn(True, loss, chunk_size)}
+            for name, fn in fns.items():
+                compiled = fn.lower(*shapes).compile()
+                row[f"{name}_temp_bytes"] = int(compiled.memory_analysis().temp_size_in_bytes)
+            row["temp_ratio"] = row["chunked_temp_bytes"] / row["unfused_temp_bytes"]
+            if (vocab, n) in {tuple(c) for c in time_cases}:
+                keys = jax.random.split(jax.random.key(0), 4)
+                args = (jax.random.normal(keys[0], (n, hidden)),
+                        0.05 * jax.random.normal(keys[1], (hidden, vocab)),
+                        jax.random.normal(keys[2], (n, teacher_hidden)),
+                        0.05 * jax.random.normal(keys[3], (teacher_hidden, vocab)),
+                        jnp.ones((n,), jnp.float32))
+                for name, fn in fns.items():  # interleaved, so both see the same machine load
+                    row[f"{name}_times_s"] = []
+                for _ in range(iters + 1):
+                    for name, fn in fns.items():
+                        t0 = time.perf_counter()
+                        jax.block_until_ready(fn(*args))
+                        row[f"{name}_times_s"].append(time.perf_counter() - t0)
+                for name in fns:
+                    row[f"{name}_time_s"] = statistics.median(row.pop(f"{name}_times_s")[1:])
+                row["time_ratio"] = row["chunked_time_s"] / row["unfused_time_s"]
+            rows.append(row)
+    return {"benchmark": "loss_memory", "divergence": divergence, "hidden": hidden,
+            "teacher_hidden": teacher_hidden, "chunk_size": chunk_size,
+            "backend": jax.devices()[0].platform, "jax_version": jax.__version__, "rows": rows}
+
+
+BENCHMARKS = {"forward": bench_forward, "loss_memory": bench_loss_memory}
 
 
 def run_benchmark(spec: dict[str, Any]) -> dict[str, Any]:

@@ -142,3 +142,18 @@ def test_fused_errors_name_shapes():
                      teacher_head=x["wt"])
     with pytest.raises(L.LossInputError, match=r"student_head has shape \(8, 64\), expected \(16, 64\)"):
         L.fused_loss(loss, x["hs"], x["ws"][:8], {}, teacher_hidden=x["ht"], teacher_head=x["wt"])
+
+
+def test_loss_memory_benchmark_runs_and_chunking_saves_memory():
+    """Compile-time memory analysis (deterministic, not a timing): the chunked path's temporaries do
+    not grow with the number of positions, the unfused path's do."""
+    from jaxdistill.bench import run_benchmark
+
+    out = run_benchmark({"benchmark": "loss_memory", "vocab_sizes": [2048], "token_counts": [512, 2048],
+                         "hidden": 32, "teacher_hidden": 48, "chunk_size": 128,
+                         "time_cases": [[2048, 512]], "iters": 1})
+    small, large = out["rows"]
+    assert large["chunked_temp_bytes"] < 0.25 * large["unfused_temp_bytes"]
+    assert large["chunked_temp_bytes"] <= 1.1 * small["chunked_temp_bytes"]
+    assert large["unfused_temp_bytes"] >= 3 * small["unfused_temp_bytes"]
+    assert small["chunked_time_s"] > 0 and small["unfused_time_s"] > 0

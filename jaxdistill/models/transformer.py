@@ -44,19 +44,30 @@ Params = dict[str, Any]
 _INIT_STD = 0.02  # transformers' default initializer_range
 
 
+def _ignore(name, value):
+    """The default activation observer: does nothing (and costs nothing in the trace)."""
+
+
 # ----------------------------------------------------------------------------------- modules
 
 
 class RMSNorm(nnx.Module):
-    """y = x / sqrt(mean(x^2) + eps) * scale, normalised in fp32 then cast back (as transformers)."""
+    """y = x / sqrt(mean(x^2) + eps) * scale, normalised in fp32 then cast back (as transformers).
+
+    With a channel mask [dim] (pruned hidden channels, which must hold zeros), the mean runs over
+    the surviving channels only: sum(x^2) / sum(mask), exactly what the compacted model computes."""
 
     def __init__(self, dim: int, eps: float, *, axis: str, param_dtype):
         self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=(axis,))
         self.eps = eps
 
-    def __call__(self, x):
+    def __call__(self, x, channel_mask=None):
         x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if channel_mask is None:
+            mean_sq = jnp.mean(x32 * x32, axis=-1, keepdims=True)
+        else:
+            mean_sq = jnp.sum(x32 * x32, axis=-1, keepdims=True) / jnp.maximum(jnp.sum(channel_mask), 1)
+        normed = x32 * jax.lax.rsqrt(mean_sq + self.eps)
         return normed.astype(x.dtype) * self.scale[...].astype(x.dtype)
 
 
@@ -102,7 +113,8 @@ class Attention(nnx.Module):
         self.sliding_window = c.sliding_window
         self.implementation = c.attention_impl
 
-    def __call__(self, x, cos, sin, mask):  # x [B, T, d]; cos, sin [B, T, D]; mask [B, 1, T, T] | None
+    def __call__(self, x, cos, sin, mask, observe=_ignore):
+        # x [B, T, d]; cos, sin [B, T, D]; mask [B, 1, T, T] | None
         q, k, v = self.q(x), self.k(x), self.v(x)  # [B, T, H|K, D]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -111,6 +123,7 @@ class Attention(nnx.Module):
         out = jax.nn.dot_product_attention(
             q, k, v, mask=mask, is_causal=True, local_window_size=window,
             implementation=self.implementation)
+        observe("attn_heads", out)  # [B, T, H, D]: the input of the output projection
         return self.o(out)
 
 
@@ -123,8 +136,10 @@ class MLP(nnx.Module):
         self.up = Projection((d,), (F,), ("embed",), ("mlp",), bias=False, rngs=rngs, param_dtype=pd)
         self.down = Projection((F,), (d,), ("mlp",), ("embed",), bias=False, rngs=rngs, param_dtype=pd)
 
-    def __call__(self, x):
-        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+    def __call__(self, x, observe=_ignore):
+        act = jax.nn.silu(self.gate(x)) * self.up(x)
+        observe("mlp_act", act)  # [B, T, F]: the input of the down projection
+        return self.down(act)
 
 
 class Block(nnx.Module):
@@ -137,9 +152,15 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(d, eps, axis="norm", param_dtype=pd)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask):
-        h = x + self.attn(self.attn_norm(x), cos, sin, mask)
-        return h + self.mlp(self.mlp_norm(h))
+    def __call__(self, x, cos, sin, mask, hidden_mask=None, observe=_ignore):
+        normed = self.attn_norm(x, hidden_mask)
+        observe("attn_norm", normed)
+        h = x + self.attn(normed, cos, sin, mask, observe)
+        normed = self.mlp_norm(h, hidden_mask)
+        observe("mlp_norm", normed)
+        out = h + self.mlp(normed, observe)
+        observe("block_io", (x, out))
+        return out
 
 
 _REMAT_POLICIES = {
@@ -169,8 +190,15 @@ class Transformer(nnx.Module):
             (c.hidden_size,), (c.vocab_size,), ("embed",), ("vocab",), bias=False, rngs=rngs,
             param_dtype=pd)
 
-    def hidden_states(self, tokens, segment_ids=None, positions=None, mesh=None):
-        """Final-normed hidden states [B, T, d] in the compute dtype."""
+    def hidden_states(self, tokens, segment_ids=None, positions=None, mesh=None, hidden_mask=None,
+                      layer_probe=None):
+        """Final-normed hidden states [B, T, d] in the compute dtype.
+
+        hidden_mask [d]: surviving hidden channels of a masked (pruned) model; norms average over them.
+        layer_probe(name, value) -> summary: called inside each layer on named activations
+        (attn_norm, attn_heads, mlp_norm, mlp_act, block_io); with it, returns (hidden, summaries
+        stacked over layers) — activation statistics without materialising [L, B, T, ...].
+        """
         c = self.config
         if positions is None:
             positions = segment_positions(segment_ids, tokens.shape[1]) if segment_ids is not None \
@@ -183,20 +211,24 @@ class Transformer(nnx.Module):
         block_def, block_state = nnx.split(self.layers)
 
         def body(h, layer_state):
-            h = nnx.merge(block_def, layer_state)(h, cos, sin, mask)
-            return _constrain_batch(h, mesh), None
+            summaries = {}
+            observe = _ignore if layer_probe is None else (
+                lambda name, value: summaries.__setitem__(name, layer_probe(name, value)))
+            h = nnx.merge(block_def, layer_state)(h, cos, sin, mask, hidden_mask, observe)
+            return _constrain_batch(h, mesh), summaries
 
         if c.remat_policy != "none":
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat_policy], prevent_cse=False)
-        x, _ = jax.lax.scan(body, x, block_state)
-        return self.final_norm(x)
+        x, summaries = jax.lax.scan(body, x, block_state)
+        out = self.final_norm(x, hidden_mask)
+        return out if layer_probe is None else (out, summaries)
 
     def head_kernel(self):
         """LM-head weight [d, V] in the stored dtype (the embedding, transposed, when tied)."""
         return self.embed[...].T if self.lm_head is None else self.lm_head.kernel[...]
 
-    def __call__(self, tokens, segment_ids=None, positions=None, mesh=None):
-        h = self.hidden_states(tokens, segment_ids, positions, mesh)
+    def __call__(self, tokens, segment_ids=None, positions=None, mesh=None, hidden_mask=None):
+        h = self.hidden_states(tokens, segment_ids, positions, mesh, hidden_mask)
         w = self.head_kernel().astype(h.dtype)
         return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
 
@@ -310,19 +342,21 @@ def as_module(config: ModelConfig, params: Params) -> Transformer:
 
 @functools.partial(jax.jit, static_argnames=("config", "mesh"))
 def forward(config: ModelConfig, params: Params, tokens, *, segment_ids=None, positions=None,
-            mesh=None):
+            mesh=None, hidden_mask=None):
     """Logits [B, T, V] in fp32 for tokens [B, T].
 
     segment_ids [B, T] (int): tokens attend only within their own segment, and positions restart
     at 0 at each segment start (packing). Padding is a segment of its own (e.g. id 0).
     positions [B, T] (int): explicit RoPE positions; overrides the per-segment default.
     mesh: when given, activations are constrained to batch sharding over (data, fsdp).
+    hidden_mask [d]: for params masked by `jaxdistill.pruning.apply_masks` with pruned hidden
+    channels; RMSNorm then averages over the surviving channels, as the compacted model does.
     """
-    return as_module(config, params)(tokens, segment_ids, positions, mesh)
+    return as_module(config, params)(tokens, segment_ids, positions, mesh, hidden_mask)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "mesh"))
 def hidden_states(config: ModelConfig, params: Params, tokens, *, segment_ids=None, positions=None,
-                  mesh=None):
+                  mesh=None, hidden_mask=None):
     """Final-normed hidden states [B, T, d] (compute dtype): the input of a fused head + loss."""
-    return as_module(config, params).hidden_states(tokens, segment_ids, positions, mesh)
+    return as_module(config, params).hidden_states(tokens, segment_ids, positions, mesh, hidden_mask)

@@ -1,0 +1,135 @@
+"""Importance estimators: which heads, neurons, hidden channels and layers matter least.
+
+All return the same tree (higher = more important):
+
+    heads [L, K, G]   groups [L, K]   mlp [L, F]   hidden [d]   layers [L]
+
+- "activation" (Minitron, arXiv:2407.14679): for an activation a[b, t, i], the per-example mean
+  |a| over valid tokens, then the L2 norm over all calibration examples. Hidden channels: the
+  attention- and MLP-norm outputs, summed over layers; neurons: the input of the down projection;
+  heads: the L2 norm over head_dim of the input of the output projection (groups: the sum over
+  their heads); layers: Block Influence (ShortGPT), BI = 1 - mean_t cos(layer input, layer output).
+- "magnitude": the L2 norm of all weights belonging to a structure.
+- "taylor": first-order Taylor, sum over a structure's weights of |w * dL/dw|, L the next-token
+  cross-entropy on the calibration data, accumulated over batches.
+
+Estimators run jitted, batch by batch over a calibration iterable of dicts with `tokens` [B, T]
+and optionally `segment_ids` [B, T] (0 = padding), on the masked model when masks are given, and
+are deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from jaxdistill import losses
+from jaxdistill.models import ModelConfig, as_module, forward
+from jaxdistill.models.transformer import Params
+from jaxdistill.pruning.masks import Masks, apply_masks, full_masks
+
+METHODS = ("activation", "magnitude", "taylor")
+
+
+def _valid(batch) -> jnp.ndarray:
+    seg = batch.get("segment_ids")
+    return jnp.ones(batch["tokens"].shape, jnp.float32) if seg is None else (seg != 0).astype(jnp.float32)
+
+
+def _example_mean_abs(x, valid):
+    """mean over valid tokens of |x| per example: [B, T, ...] -> [B, ...]."""
+    w = valid.reshape(valid.shape + (1,) * (x.ndim - 2))
+    return jnp.sum(jnp.abs(x.astype(jnp.float32)) * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _activation_batch(config: ModelConfig, params: Params, masks: Masks, batch):
+    """Per-layer sums over this batch's examples of squared per-example means, and BI sums."""
+    valid = _valid(batch)
+
+    def probe(name, value):
+        if name in ("attn_norm", "mlp_norm", "mlp_act"):
+            return jnp.sum(_example_mean_abs(value, valid) ** 2, axis=0)
+        if name == "attn_heads":
+            per_head = jnp.linalg.norm(value.astype(jnp.float32), axis=-1)  # [B, T, H]
+            return jnp.sum(_example_mean_abs(per_head, valid) ** 2, axis=0)
+        x_in, x_out = (v.astype(jnp.float32) for v in value)
+        cos = jnp.sum(x_in * x_out, -1) / jnp.maximum(
+            jnp.linalg.norm(x_in, axis=-1) * jnp.linalg.norm(x_out, axis=-1), 1e-12)
+        return jnp.stack([jnp.sum(cos * valid), jnp.sum(valid)])
+
+    model = as_module(config, apply_masks(config, params, masks))
+    _, stats = model.hidden_states(batch["tokens"], batch.get("segment_ids"),
+                                   hidden_mask=masks["hidden"], layer_probe=probe)
+    return stats
+
+
+def _structure_sums(config: ModelConfig, elem: Params) -> dict[str, jnp.ndarray]:
+    """Sum an elementwise score tree over each structure's weights."""
+    c = config
+    L, K, G, d = c.num_layers, c.num_kv_heads, c.num_heads // c.num_kv_heads, c.hidden_size
+    lp, attn = elem["layers"], elem["layers"]["attn"]
+    head = (attn["q"]["kernel"].sum((1, 3)) + attn["o"]["kernel"].sum((2, 3))
+            + (attn["q"]["bias"].sum(2) if "bias" in attn["q"] else 0.0))              # [L, H]
+    kv = attn["k"]["kernel"].sum((1, 3)) + attn["v"]["kernel"].sum((1, 3))            # [L, K]
+    if "bias" in attn["k"]:
+        kv = kv + attn["k"]["bias"].sum(2) + attn["v"]["bias"].sum(2)
+    heads = head.reshape(L, K, G)
+    mlp = (lp["mlp"]["gate"]["kernel"].sum(1) + lp["mlp"]["up"]["kernel"].sum(1)
+           + lp["mlp"]["down"]["kernel"].sum(2))                                      # [L, F]
+    hidden = (elem["embed"].sum(0) + elem["final_norm"]["scale"]
+              + (elem["lm_head"]["kernel"].sum(1) if "lm_head" in elem else 0.0)
+              + lp["attn_norm"]["scale"].sum(0) + lp["mlp_norm"]["scale"].sum(0)
+              + sum(attn[p]["kernel"].sum((0, 2, 3)) for p in "qkv") + attn["o"]["kernel"].sum((0, 1, 2))
+              + lp["mlp"]["gate"]["kernel"].sum((0, 2)) + lp["mlp"]["up"]["kernel"].sum((0, 2))
+              + lp["mlp"]["down"]["kernel"].sum((0, 1))
+              + (attn["o"]["bias"].sum(0) if "bias" in attn["o"] else 0.0))            # [d]
+    layers = sum(x.reshape(L, -1).sum(1) for x in jax.tree.leaves(lp))                  # [L]
+    return {"heads": heads, "groups": heads.sum(-1) + kv, "mlp": mlp, "hidden": hidden, "layers": layers}
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _taylor_batch(config: ModelConfig, params: Params, masks: Masks, batch):
+    """|w * dL/dw| elementwise for this batch's next-token cross-entropy on the masked model."""
+    tokens = batch["tokens"]
+    valid = _valid(batch)
+    seg = batch.get("segment_ids")
+    same = valid[:, 1:] if seg is None else valid[:, 1:] * (seg[:, 1:] == seg[:, :-1])
+
+    def loss(p):
+        logits = forward(config, apply_masks(config, p, masks), tokens, segment_ids=seg,
+                         hidden_mask=masks["hidden"])
+        return losses.cross_entropy(logits[:, :-1], tokens[:, 1:], same)
+
+    grads = jax.grad(loss)(params)
+    return jax.tree.map(lambda w, g: jnp.abs(w.astype(jnp.float32) * g.astype(jnp.float32)), params, grads)
+
+
+def importance(config: ModelConfig, params: Params, batches: Iterable[dict] | None = None, *,
+               method: str = "activation", masks: Masks | None = None) -> dict[str, jnp.ndarray]:
+    """Importance scores of every prunable structure (see the module docstring)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown importance method {method!r}; valid: {', '.join(METHODS)}")
+    masks = full_masks(config) if masks is None else masks
+    if method == "magnitude":
+        squares = jax.tree.map(lambda w: jnp.square(w.astype(jnp.float32)), apply_masks(config, params, masks))
+        return jax.tree.map(jnp.sqrt, _structure_sums(config, squares))
+    if batches is None:
+        raise ValueError(f"importance method {method!r} needs calibration batches")
+    total = None
+    step = _activation_batch if method == "activation" else _taylor_batch
+    for batch in batches:
+        out = step(config, params, masks, dict(batch))
+        total = out if total is None else jax.tree.map(jnp.add, total, out)
+    if total is None:
+        raise ValueError("the calibration iterable yielded no batches")
+    if method == "taylor":
+        return _structure_sums(config, total)
+    L, K = config.num_layers, config.num_kv_heads
+    heads = jnp.sqrt(total["attn_heads"]).reshape(L, K, -1)
+    return {"heads": heads, "groups": heads.sum(-1), "mlp": jnp.sqrt(total["mlp_act"]),
+            "hidden": jnp.sqrt(total["attn_norm"]).sum(0) + jnp.sqrt(total["mlp_norm"]).sum(0),
+            "layers": 1.0 - total["block_io"][:, 0] / jnp.maximum(total["block_io"][:, 1], 1.0)}

@@ -113,18 +113,34 @@ class Attention(nnx.Module):
         self.sliding_window = c.sliding_window
         self.implementation = c.attention_impl
 
-    def __call__(self, x, cos, sin, mask, observe=_ignore):
-        # x [B, T, d]; cos, sin [B, T, D]; mask [B, 1, T, T] | None
+    def __call__(self, x, cos, sin, mask, observe=_ignore, cache=None):
+        """x [B, T, d]; cos, sin [B, T, D]; mask [B, 1, T, T] | None.
+
+        cache (decoding): (k [B, S, K, D], v [B, S, K, D], index, kv_valid [B, S]); the new keys and
+        values are written at [index, index + T), the queries attend to every valid cache slot up to
+        their own, and (out, (k, v)) is returned."""
         q, k, v = self.q(x), self.k(x), self.v(x)  # [B, T, H|K, D]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        window = None if self.sliding_window is None else (self.sliding_window - 1, 0)
-        out = jax.nn.dot_product_attention(
-            q, k, v, mask=mask, is_causal=True, local_window_size=window,
-            implementation=self.implementation)
+        if cache is None:
+            window = None if self.sliding_window is None else (self.sliding_window - 1, 0)
+            out = jax.nn.dot_product_attention(
+                q, k, v, mask=mask, is_causal=True, local_window_size=window,
+                implementation=self.implementation)
+        else:
+            cache_k, cache_v, index, kv_valid = cache
+            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
+            q_idx = index + jnp.arange(x.shape[1])[:, None]
+            k_idx = jnp.arange(k.shape[1])[None, :]
+            allowed = k_idx <= q_idx
+            if self.sliding_window is not None:
+                allowed &= q_idx - k_idx < self.sliding_window
+            mask = allowed[None, None] & kv_valid[:, None, None, :]
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
         observe("attn_heads", out)  # [B, T, H, D]: the input of the output projection
-        return self.o(out)
+        return self.o(out) if cache is None else (self.o(out), (k, v))
 
 
 class MLP(nnx.Module):
@@ -152,15 +168,17 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(d, eps, axis="norm", param_dtype=pd)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, hidden_mask=None, observe=_ignore):
+    def __call__(self, x, cos, sin, mask, hidden_mask=None, observe=_ignore, cache=None):
         normed = self.attn_norm(x, hidden_mask)
         observe("attn_norm", normed)
-        h = x + self.attn(normed, cos, sin, mask, observe)
+        attn = self.attn(normed, cos, sin, mask, observe, cache)
+        attn, new_cache = attn if cache is not None else (attn, None)
+        h = x + attn
         normed = self.mlp_norm(h, hidden_mask)
         observe("mlp_norm", normed)
         out = h + self.mlp(normed, observe)
         observe("block_io", (x, out))
-        return out
+        return out if cache is None else (out, new_cache)
 
 
 _REMAT_POLICIES = {
@@ -223,14 +241,34 @@ class Transformer(nnx.Module):
         out = self.final_norm(x, hidden_mask)
         return out if layer_probe is None else (out, summaries)
 
+    def decode(self, tokens, positions, cache, index, kv_valid):
+        """One cached step over tokens [B, T] at RoPE `positions` [B, T], written to cache slots
+        [index, index + T): returns (fp32 logits [B, T, V], new cache). cache = {"k", "v"}, each
+        [L, B, S, K, D]; kv_valid [B, S] marks the slots holding real tokens."""
+        c = self.config
+        cos, sin = rope_tables(c, positions)
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(c.jnp_compute_dtype)
+        block_def, block_state = nnx.split(self.layers)
+
+        def body(h, layer):
+            layer_state, k, v = layer
+            h, (k, v) = nnx.merge(block_def, layer_state)(h, cos, sin, None, cache=(k, v, index, kv_valid))
+            return h, (k, v)
+
+        x, (k, v) = jax.lax.scan(body, x, (block_state, cache["k"], cache["v"]))
+        return self.logits(self.final_norm(x)), {"k": k, "v": v}
+
     def head_kernel(self):
         """LM-head weight [d, V] in the stored dtype (the embedding, transposed, when tied)."""
         return self.embed[...].T if self.lm_head is None else self.lm_head.kernel[...]
 
+    def logits(self, h):
+        """fp32 logits [B, T, V] from final-normed hidden states [B, T, d]."""
+        return jnp.einsum("btd,dv->btv", h, self.head_kernel().astype(h.dtype),
+                          preferred_element_type=jnp.float32)
+
     def __call__(self, tokens, segment_ids=None, positions=None, mesh=None, hidden_mask=None):
-        h = self.hidden_states(tokens, segment_ids, positions, mesh, hidden_mask)
-        w = self.head_kernel().astype(h.dtype)
-        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+        return self.logits(self.hidden_states(tokens, segment_ids, positions, mesh, hidden_mask))
 
 
 # ------------------------------------------------------------------------------ RoPE, masks

@@ -1,0 +1,166 @@
+"""Classification sources, stratified splits and stratified subsampling to a data-set size D.
+
+A source yields a `ClassificationData`: texts, integer labels into `label_names`, optional
+rationales. Rows with empty text or a label outside the label vocabulary are dropped and counted
+in `report`, never passed on.
+
+    finance_topic   the shipped default: data/finance_topic (20 topic classes, MIT)
+    finheadlinemix  nvidia/FinHeadlineMix from the hub, or a local parquet/CSV/JSONL copy
+    a local file    .parquet / .csv / .jsonl / .json, with configurable columns
+    an HF dataset   any dataset id `datasets.load_dataset` resolves (needs the hub)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+FINHEADLINEMIX_ID = "nvidia/FinHeadlineMix"
+
+
+def data_dir() -> Path:
+    """The shipped data folder (`data/` of the repository), or $JAXDISTILL_DATA."""
+    return Path(os.environ.get("JAXDISTILL_DATA", Path(__file__).resolve().parents[2] / "data"))
+
+
+class DataError(ValueError):
+    """A data source whose files, columns or labels do not fit the configuration."""
+
+
+@dataclasses.dataclass
+class ClassificationData:
+    texts: list[str]
+    labels: np.ndarray                 # [N] int, index into label_names
+    label_names: list[str]
+    rationales: list[str | None] | None = None
+    report: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices) -> ClassificationData:
+        idx = np.asarray(indices, dtype=int)
+        return ClassificationData([self.texts[i] for i in idx], self.labels[idx], self.label_names,
+                                  None if self.rationales is None else [self.rationales[i] for i in idx],
+                                  dict(self.report))
+
+
+def _read_table(path: Path):
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix == ".csv":
+        return pd.read_csv(path, keep_default_na=False)
+    if suffix in (".jsonl", ".json"):
+        return pd.read_json(path, lines=suffix == ".jsonl")
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use .parquet, .csv, .jsonl or .json")
+
+
+def from_table(table, *, text_column: str = "text", label_column: str = "label",
+               rationale_column: str | None = None, label_names: list[str] | None = None,
+               where: str = "data") -> ClassificationData:
+    """Build from a pandas DataFrame. Labels may be names or integer ids; with `label_names` given,
+    others are unknown (dropped, counted); without, the vocabulary is the sorted distinct labels."""
+    wanted = [text_column, label_column] + ([rationale_column] if rationale_column else [])
+    missing = [c for c in wanted if c not in table.columns]
+    if missing:
+        raise DataError(f"{where}: column(s) {missing} not found; the columns are {list(table.columns)} "
+                        "(set text_column / label_column / rationale_column)")
+    texts = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t).strip()
+             for t in table[text_column].tolist()]
+    raw = table[label_column].tolist()
+    numeric = all(isinstance(v, (int, np.integer)) for v in raw)
+    if label_names is None:
+        vocab = sorted(set(raw))
+        label_names = [str(v) for v in vocab]
+        lookup = {v: i for i, v in enumerate(vocab)}
+    elif numeric:
+        lookup = {i: i for i in range(len(label_names))}
+    else:
+        lookup = {name: i for i, name in enumerate(label_names)}
+    rationales = table[rationale_column].tolist() if rationale_column else None
+    keep, report = [], Counter()
+    for i, (text, label) in enumerate(zip(texts, raw)):
+        if not text:
+            report["dropped_empty_text"] += 1
+        elif label not in lookup:
+            report["dropped_unknown_label"] += 1
+        else:
+            keep.append(i)
+    report["rows"] = len(keep)
+    return ClassificationData([texts[i] for i in keep], np.array([lookup[raw[i]] for i in keep], np.int64),
+                              list(label_names), None if rationales is None else [rationales[i] for i in keep],
+                              dict(report))
+
+
+def load_source(name: str = "finance_topic", *, split: str = "train", text_column: str = "text",
+                label_column: str = "label", rationale_column: str | None = None,
+                label_names: list[str] | None = None) -> ClassificationData:
+    """Load a named source, a local file, or a Hugging Face dataset id (see the module docstring)."""
+    if name == "finance_topic":
+        folder = data_dir() / "finance_topic"
+        file = folder / {"train": "train.parquet", "validation": "validation.parquet"}.get(split, "")
+        if not file.is_file():
+            raise DataError(f"finance_topic has splits 'train' and 'validation' in {folder}; got {split!r}")
+        names = (folder / "classes.txt").read_text().strip().splitlines()
+        return from_table(_read_table(file), text_column="text", label_column="label",
+                          label_names=label_names or names, where=str(file))
+    path = Path(name)
+    if path.is_file():
+        return from_table(_read_table(path), text_column=text_column, label_column=label_column,
+                          rationale_column=rationale_column, label_names=label_names, where=str(path))
+    if name == "finheadlinemix":
+        name = FINHEADLINEMIX_ID
+    try:
+        import datasets
+
+        table = datasets.load_dataset(name, split=split).to_pandas()
+    except Exception as err:  # the hub is unreachable, or the id is wrong
+        raise DataError(f"could not load {name!r} (split {split!r}) with datasets.load_dataset: {err}. "
+                        "Pass a local .parquet/.csv/.jsonl path instead when the hub is unreachable.") from err
+    return from_table(table, text_column=text_column, label_column=label_column,
+                      rationale_column=rationale_column, label_names=label_names, where=name)
+
+
+def stratified_split(labels, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> list[np.ndarray]:
+    """Index arrays, one per fraction, with every class split in the same proportions (each part
+    within one example per class of exact). Deterministic in `seed`."""
+    fractions = np.asarray(fractions, float)
+    if np.any(fractions < 0) or not np.isclose(fractions.sum(), 1.0):
+        raise DataError(f"split fractions {fractions.tolist()} must be >= 0 and sum to 1")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in fractions]
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        bounds = np.floor(np.cumsum(fractions) * len(idx) + 0.5).astype(int)
+        bounds[-1] = len(idx)
+        for part, chunk in zip(parts, np.split(idx, bounds[:-1])):
+            part.extend(chunk.tolist())
+    return [np.sort(np.array(p, dtype=int)) for p in parts]
+
+
+def stratified_subsample(labels, size: int, seed: int = 0) -> np.ndarray:
+    """`size` indices keeping the class proportions (largest-remainder rounding, each class within
+    one example of exact). Deterministic in `seed`."""
+    labels = np.asarray(labels)
+    if not 0 < size <= len(labels):
+        raise DataError(f"subsample size {size} is outside the valid range [1, {len(labels)}]")
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * size / len(labels)
+    take = np.floor(exact).astype(int)
+    remainder_order = np.argsort(-(exact - take), kind="stable")
+    take[remainder_order[: size - take.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, take)]
+    return np.sort(np.concatenate(chosen))
+
+
+__all__ = ["ClassificationData", "DataError", "data_dir", "from_table", "load_source",
+           "stratified_split", "stratified_subsample"]

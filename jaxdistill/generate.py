@@ -1,0 +1,151 @@
+"""Jitted KV-cache sampling for any model of the family (teacher reasoning traces).
+
+`generate` left-pads a batch of prompts of different lengths, fills the cache with one prefill
+pass, then samples `max_new_tokens` tokens in a `lax.scan` (one compiled program: no recompilation
+per step or per batch of the same shape). Sampling: greedy (temperature 0) or temperature with
+optional top-k and top-p (nucleus) filtering, deterministic under a seed; rows stop at any of
+`stop_tokens` (the stop token is kept, then `pad_id`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdistill.models import ModelConfig, as_module
+from jaxdistill.models.transformer import Params
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0   # 0: greedy
+    top_k: int = 0             # 0: off
+    top_p: float = 1.0         # 1: off
+    stop_tokens: tuple[int, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"temperature={self.temperature} (>= 0), top_p={self.top_p} (in (0, 1]), "
+                             f"top_k={self.top_k} (>= 0): out of range")
+
+
+def sample_logits(key, logits, temperature: float, top_k: int, top_p: float):
+    """Token ids [B] from logits [B, V]."""
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / temperature
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
+        cutoff_index = jnp.sum(cum < top_p, axis=-1, keepdims=True)
+        cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "settings", "pad_id"))
+def _generate(config: ModelConfig, params: Params, prompts, prompt_valid, settings: SamplingSettings,
+              pad_id: int):
+    model = as_module(config, params)
+    B, P = prompts.shape
+    N = settings.max_new_tokens
+    S = P + N
+    shape = (config.num_layers, B, S, config.num_kv_heads, config.head_dim)
+    cache = {"k": jnp.zeros(shape, config.jnp_compute_dtype), "v": jnp.zeros(shape, config.jnp_compute_dtype)}
+    kv_valid = jnp.concatenate([prompt_valid, jnp.zeros((B, N), bool)], axis=1)
+    positions = jnp.maximum(jnp.cumsum(prompt_valid, axis=1) - 1, 0).astype(jnp.int32)
+    logits, cache = model.decode(prompts, positions, cache, 0, kv_valid)
+    stops = jnp.asarray(settings.stop_tokens or (-1,), jnp.int32)
+    key = jax.random.key(settings.seed)
+
+    def step(carry, i):
+        last_logits, cache, kv_valid, position, done = carry
+        token = sample_logits(jax.random.fold_in(key, i), last_logits, settings.temperature,
+                              settings.top_k, settings.top_p)
+        token = jnp.where(done, pad_id, token)
+        kv_valid = kv_valid.at[:, P + i].set(~done)
+        logits, cache = model.decode(token[:, None], position[:, None], cache, P + i, kv_valid)
+        done = done | jnp.isin(token, stops)
+        return (logits[:, 0], cache, kv_valid, position + 1, done), (token, done)
+
+    init = (logits[:, -1], cache, kv_valid, positions[:, -1] + 1, jnp.zeros((B,), bool))
+    _, (tokens, done) = jax.lax.scan(step, init, jnp.arange(N))
+    tokens, done = tokens.T, done.T  # [B, N]
+    lengths = jnp.where(done.any(1), jnp.argmax(done, axis=1) + 1, N)
+    return tokens, lengths
+
+
+def generate(config: ModelConfig, params: Params, prompts: Sequence[Sequence[int]],
+             settings: SamplingSettings = SamplingSettings(), *, pad_id: int = 0,
+             pad_to_multiple: int = 64) -> list[list[int]]:
+    """Sampled continuations (token ids, cut after a stop token) for prompts of any lengths.
+    Prompt batches are left-padded to a multiple of `pad_to_multiple` so similar batches share
+    one compiled program."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    longest = max(len(p) for p in prompts)
+    P = -(-longest // pad_to_multiple) * pad_to_multiple
+    tokens = np.full((len(prompts), P), pad_id, np.int32)
+    valid = np.zeros((len(prompts), P), bool)
+    for r, p in enumerate(prompts):
+        tokens[r, P - len(p):] = p
+        valid[r, P - len(p):] = True
+    out, lengths = jax.device_get(_generate(config, params, jnp.asarray(tokens), jnp.asarray(valid),
+                                            settings, pad_id))
+    return [row[:n].tolist() for row, n in zip(out, lengths)]
+
+
+def generate_traces(config: ModelConfig, params: Params, tokenizer, data, path, *, teacher_id: str,
+                    template=None, settings: SamplingSettings = SamplingSettings(), batch_size: int = 8,
+                    ) -> dict[str, int]:
+    """Teacher completions (reasoning trace + answer) for every example of a `ClassificationData`,
+    written as JSONL (`id`, `text`, `gold`, `completion`, `trace`, `answer`, provenance). Resumable:
+    finished batches are appended to `path + ".partial"` and skipped on a restart; the file is
+    renamed to `path` when complete."""
+    from jaxdistill.data.formats import Template, _prompt_text, parse_answer
+
+    template = template or Template()
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    done_ids = set()
+    if partial.exists():
+        done_ids = {json.loads(line)["id"] for line in partial.read_text().splitlines() if line.strip()}
+    provenance = {"teacher": teacher_id, "sampling": dataclasses.asdict(settings)}
+    counts = {"generated": 0, "skipped_done": len(done_ids), "unparsable": 0}
+    todo = [i for i in range(len(data)) if i not in done_ids]
+    with open(partial, "a") as out:
+        for start in range(0, len(todo), batch_size):
+            ids = todo[start:start + batch_size]
+            prompts = [tokenizer(_prompt_text(tokenizer, template, data.texts[i], data.label_names)[0],
+                                 add_special_tokens=False)["input_ids"] for i in ids]
+            completions = generate(config, params, prompts, settings,
+                                   pad_id=tokenizer.pad_token_id or 0)
+            for i, completion_ids in zip(ids, completions):
+                text = tokenizer.decode(completion_ids, skip_special_tokens=True)
+                answer = parse_answer(text, data.label_names, template)
+                counts["unparsable"] += answer is None
+                trace = text.split(template.think_close.strip())[0].replace(template.think_open.strip(), "").strip() \
+                    if template.think_close.strip() in text else ""
+                out.write(json.dumps({"id": i, "text": data.texts[i], "gold": data.label_names[data.labels[i]],
+                                      "completion": text, "trace": trace,
+                                      "answer": None if answer is None else data.label_names[answer],
+                                      **provenance}) + "\n")
+                counts["generated"] += 1
+            out.flush()
+    partial.replace(path)
+    return counts

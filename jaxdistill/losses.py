@@ -7,10 +7,9 @@ Conventions (every function here):
 - Means are over supervised tokens: sum_n w_n l_n / sum_n w_n. A position with weight 0 adds exactly
   zero to the value and the gradient; an all-masked batch gives 0, not NaN.
 - Temperature tau divides both student and teacher logits: p = softmax(z / tau).
-- A teacher logit of -inf marks a token outside the teacher's support (vocabulary padding, a filtered
-  token). Divergences are taken over that support: the student is renormalised over the same tokens,
-  so every divergence stays finite (reverse KL would otherwise be +inf). A teacher row with no finite
-  entry is treated as uniform (such positions are normally masked anyway).
+- A teacher logit of -inf is a token the teacher gives probability 0 (vocabulary padding, a filtered
+  token); every divergence stays finite (see `divergence_per_token` for reverse KL). A teacher row
+  with no finite entry is treated as uniform (such positions are normally masked anyway).
 
 Every loss is a `TokenLoss`: per-token terms (which need logits) and per-token coefficients (which
 need only labels, weights and the step), with L = sum_k sum_n coef_k[n] * term_k[n]. Because the
@@ -28,6 +27,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -63,10 +63,16 @@ def _check_token_array(name: str, array, expected: tuple[int, ...], what: str) -
             f"{name} has shape {tuple(jnp.shape(array))}, expected {tuple(expected)} ({what})")
 
 
-def _check_tokens(tokens: dict[str, Any], shape: tuple[int, ...], what: str) -> None:
+def _check_tokens(tokens: dict[str, Any], shape: tuple[int, ...], what: str, vocab: int) -> None:
     for name, array in tokens.items():
         if array is not None:
             _check_token_array(name, array, shape, what)
+    labels = tokens.get("labels")
+    if labels is not None and not isinstance(labels, jax.core.Tracer):  # checkable outside jit only
+        top = int(np.max(np.asarray(labels))) if np.size(labels) else -1
+        if top >= vocab:
+            raise LossInputError(f"label id {top} is outside the vocabulary [0, {vocab}) "
+                                 "(negative ids mark ignored positions)")
 
 
 # ------------------------------------------------------------------------ log-probabilities
@@ -81,24 +87,21 @@ def _masked_log_softmax(x: Array, mask: Array) -> Array:
     return jnp.where(mask, shifted - lse, 0.0)
 
 
-def _log_probs_pair(student_logits, teacher_logits, temperature: float):
-    """(student log-probs, teacher log-probs, support) at `temperature`, over the teacher's support."""
-    s = _f32(student_logits) / temperature
-    t = _f32(teacher_logits) / temperature
+def _teacher_rows(teacher_logits) -> tuple[Array, Array]:
+    """(teacher logits with rows that have no finite entry replaced by zeros — uniform —, support)."""
+    t = _f32(teacher_logits)
     support = t > -jnp.inf
     has_support = jnp.any(support, axis=-1, keepdims=True)
-    support = support | ~has_support
-    t = jnp.where(has_support, t, 0.0)
-    return _masked_log_softmax(s, support), _masked_log_softmax(t, support), support
+    return jnp.where(has_support, t, 0.0), support | ~has_support
 
 
-def _kl(log_p: Array, log_q: Array, support: Array) -> Array:
-    """KL(p || q) = sum_v p_v (log p_v - log q_v) over the support: [...]."""
-    return jnp.sum(jnp.where(support, jnp.exp(log_p) * (log_p - log_q), 0.0), axis=-1)
+def _kl(log_p: Array, log_q: Array, where: Array) -> Array:
+    """KL(p || q) = sum_v p_v (log p_v - log q_v) over the entries in `where` (p is 0 elsewhere)."""
+    return jnp.sum(jnp.where(where, jnp.exp(log_p) * (log_p - log_q), 0.0), axis=-1)
 
 
 def _log_mix(a: float, log_p: Array, log_q: Array) -> Array:
-    """log(a p + (1 - a) q), for 0 < a < 1."""
+    """log(a p + (1 - a) q), for 0 < a < 1 (either side may be -inf)."""
     return jnp.logaddexp(math.log(a) + log_p, math.log1p(-a) + log_q)
 
 
@@ -113,6 +116,11 @@ def divergence_per_token(student_logits, teacher_logits, *, divergence: str = "f
                       vanishes at both ends, so they are special-cased)
     skew_forward_kl   KL(p_T || alpha p_T + (1 - alpha) p_S)   (DistiLLM; alpha = 0: forward KL)
     skew_reverse_kl   KL(p_S || alpha p_S + (1 - alpha) p_T)   (alpha = 0: reverse KL)
+
+    Teacher -inf entries (p_T = 0) enter every formula as they are, with the student's full
+    distribution — so forward KL pushes student mass off them, and the sparse-target estimates are
+    unbiased for it — except reverse KL, which would be +inf there: it is taken over the teacher's
+    support with the student renormalised on it.
     """
     if divergence not in DIVERGENCES:
         raise LossInputError(f"unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}")
@@ -123,21 +131,26 @@ def divergence_per_token(student_logits, teacher_logits, *, divergence: str = "f
     if divergence.startswith("skew") and not 0.0 <= alpha < 1.0:
         raise LossInputError(f"alpha={alpha}: skew KL needs 0 <= alpha < 1")
     _check_vocab(student_logits.shape[-1], teacher_logits.shape[-1])
-    log_s, log_t, support = _log_probs_pair(student_logits, teacher_logits, temperature)
     if divergence == "jsd" and beta in (0.0, 1.0):
         divergence = "forward_kl" if beta == 0.0 else "reverse_kl"
     if divergence.startswith("skew") and alpha == 0.0:
         divergence = divergence.removeprefix("skew_")
+    s = _f32(student_logits) / temperature
+    t, support = _teacher_rows(teacher_logits)
+    log_t = _masked_log_softmax(t / temperature, support)  # 0 (not -inf) outside the support
+    log_t_or_neg_inf = jnp.where(support, log_t, -jnp.inf)  # for mixtures
+    everywhere = jnp.ones_like(support)
+    if divergence == "reverse_kl":
+        return _kl(_masked_log_softmax(s, support), log_t, support)
+    log_s = jax.nn.log_softmax(s, axis=-1)
     if divergence == "forward_kl":
         return _kl(log_t, log_s, support)
-    if divergence == "reverse_kl":
-        return _kl(log_s, log_t, support)
     if divergence == "jsd":
-        log_m = _log_mix(beta, log_t, log_s)
-        return beta * _kl(log_t, log_m, support) + (1.0 - beta) * _kl(log_s, log_m, support)
+        log_m = _log_mix(beta, log_t_or_neg_inf, log_s)
+        return beta * _kl(log_t, log_m, support) + (1.0 - beta) * _kl(log_s, log_m, everywhere)
     if divergence == "skew_forward_kl":
-        return _kl(log_t, _log_mix(alpha, log_t, log_s), support)
-    return _kl(log_s, _log_mix(alpha, log_s, log_t), support)
+        return _kl(log_t, _log_mix(alpha, log_t_or_neg_inf, log_s), support)
+    return _kl(log_s, _log_mix(alpha, log_s, log_t_or_neg_inf), everywhere)
 
 
 def cross_entropy_per_token(logits, labels, *, label_smoothing: float = 0.0) -> Array:
@@ -175,7 +188,7 @@ def topk_targets(teacher_logits, k: int, *, temperature: float = 1.0) -> SparseT
     Biased: the KL it gives is KL(p_T^k || p_S) with p_T^k the renormalised top-k distribution, which
     ignores the tail mass the teacher puts outside the k tokens (and the student is not pushed to drop it).
     """
-    log_t = jax.nn.log_softmax(_f32(teacher_logits) / temperature, axis=-1)
+    log_t = jax.nn.log_softmax(_teacher_rows(teacher_logits)[0] / temperature, axis=-1)
     top_log, ids = jax.lax.top_k(log_t, k)
     weights = jax.nn.softmax(top_log, axis=-1)
     log_w = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), 0.0)
@@ -191,11 +204,17 @@ def sampled_targets(key, teacher_logits, num_samples: int, *, temperature: float
     for any f; with f = log p_S, E[self_term - sum_j w_j log p_S(x_j)] = KL(p_T || p_S), value and
     gradient. `self_term` is the exact sum_v p_T log p_T.
     """
-    z = _f32(teacher_logits)
+    z = _teacher_rows(teacher_logits)[0]
     log_t = jax.nn.log_softmax(z / temperature, axis=-1)
     log_q = log_t if proposal_temperature is None else jax.nn.log_softmax(z / proposal_temperature, axis=-1)
-    ids = jax.random.categorical(key, log_q[..., None, :], axis=-1,
-                                 shape=(*log_q.shape[:-1], num_samples))
+    # Inverse-CDF sampling: O(V) memory per position (categorical's Gumbel noise would be O(k V)).
+    cdf = jnp.cumsum(jnp.exp(log_q), axis=-1)
+    u = jax.random.uniform(key, (*log_q.shape[:-1], num_samples)) * cdf[..., -1:]
+    flat_cdf, flat_u = cdf.reshape(-1, cdf.shape[-1]), u.reshape(-1, num_samples)
+    ids = jax.vmap(lambda c, v: jnp.searchsorted(c, v, side="right"))(flat_cdf, flat_u)
+    ids = jnp.minimum(ids, cdf.shape[-1] - 1).reshape(u.shape)
+    ids = jnp.where(jnp.take_along_axis(log_q, ids, axis=-1) > -jnp.inf, ids,
+                    jnp.argmax(log_q, axis=-1, keepdims=True))  # never a zero-probability token
     log_ratio = (jnp.take_along_axis(log_t, ids, axis=-1) - jnp.take_along_axis(log_q, ids, axis=-1))
     p_t = jnp.exp(log_t)
     self_term = jnp.sum(jnp.where(p_t > 0, p_t * jnp.where(p_t > 0, log_t, 0.0), 0.0), axis=-1)
@@ -355,7 +374,7 @@ class BlendedCoT:
             return out
 
         def coefficients(tokens, step):
-            parts = tokens["parts"]
+            parts = jnp.where(tokens["labels"] >= 0, tokens["parts"], IGNORE)
             answer, n_answer = _mean_coef(parts == ANSWER)
             trace, n_trace = _mean_coef(parts == TRACE)
             kl, n_kl = _mean_coef((parts == TRACE) | (parts == ANSWER))
@@ -399,7 +418,7 @@ def evaluate(loss: TokenLoss, student_logits, teacher, tokens: dict[str, Array |
         else:
             _check_vocab(student_logits.shape[-1], teacher.shape[-1])
             _check_token_array("teacher_logits", teacher, student_logits.shape, "student logits' shape")
-    _check_tokens(tokens, lead, "student logits without the vocab axis")
+    _check_tokens(tokens, lead, "student logits without the vocab axis", student_logits.shape[-1])
     tok = _token_dict(tokens, lead)
     coefs = loss.coefficients(tok, step)
     value, metrics = _combine(loss.terms(student_logits, teacher, tok), coefs)
@@ -487,13 +506,15 @@ def fused_loss(loss: TokenLoss, student_hidden, student_head, tokens: dict[str, 
     capacity: when given (static), only the positions with a non-zero coefficient are gathered into
     a buffer of that many rows before the head, so unsupervised positions cost no head FLOPs;
     metrics["dropped_tokens"] counts supervised positions beyond the capacity (dropped; size the
-    capacity so it stays 0). Metrics are not differentiated. The teacher gets no gradient.
+    capacity so it stays 0). Only the student hidden states and head get gradients: metrics, the
+    per-token inputs (weights, labels, parts) and the teacher are constants. Call it under jit (as a
+    train step does): each call outside jit traces the chunk loop anew.
     """
     lead = student_hidden.shape[:-1]
     d, vocab = student_head.shape
     _check_token_array("student_head", student_head, (student_hidden.shape[-1], vocab),
                        "[student hidden size, vocab]")
-    _check_tokens(tokens, lead, "student hidden states without the hidden axis")
+    _check_tokens(tokens, lead, "student hidden states without the hidden axis", vocab)
     if loss.uses_teacher:
         if teacher_targets is None:
             if teacher_hidden is None or teacher_head is None:

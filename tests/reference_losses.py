@@ -4,17 +4,9 @@ import numpy as np
 from scipy.special import logsumexp
 
 
-def _support_log_probs(student, teacher, temperature):
-    """Student and teacher log-probabilities over the teacher's support (-inf outside it)."""
-    s = np.asarray(student, np.float64) / temperature
-    t = np.asarray(teacher, np.float64) / temperature
-    support = t > -np.inf
-    empty = ~support.any(-1, keepdims=True)
-    support = support | empty
-    t = np.where(empty, 0.0, t)
-    s = np.where(support, s, -np.inf)
-    t = np.where(support, t, -np.inf)
-    return s - logsumexp(s, axis=-1, keepdims=True), t - logsumexp(t, axis=-1, keepdims=True)
+def _log_softmax(z, mask):
+    z = np.where(mask, z, -np.inf)
+    return z - logsumexp(z, axis=-1, keepdims=True)
 
 
 def _kl(log_p, log_q):
@@ -31,11 +23,20 @@ def _log_mix(a, log_p, log_q):
 
 
 def divergence(student, teacher, name, temperature=1.0, beta=0.5, alpha=0.1):
-    ls, lt = _support_log_probs(student, teacher, temperature)
+    """Teacher -inf entries have p_T = 0; a row with none finite is uniform. The student's full
+    distribution everywhere, except reverse KL: over the teacher's support, student renormalised."""
+    s = np.asarray(student, np.float64) / temperature
+    t = np.asarray(teacher, np.float64) / temperature
+    support = t > -np.inf
+    empty = ~support.any(-1, keepdims=True)
+    t = np.where(empty, 0.0, t)
+    support = support | empty
+    lt = _log_softmax(t, support)
+    ls = _log_softmax(s, np.ones_like(support))
     if name == "forward_kl" or (name == "jsd" and beta == 0) or (name == "skew_forward_kl" and alpha == 0):
         return _kl(lt, ls)
     if name == "reverse_kl" or (name == "jsd" and beta == 1) or (name == "skew_reverse_kl" and alpha == 0):
-        return _kl(ls, lt)
+        return _kl(_log_softmax(s, support), lt)
     if name == "jsd":
         lm = _log_mix(beta, lt, ls)
         return beta * _kl(lt, lm) + (1 - beta) * _kl(ls, lm)

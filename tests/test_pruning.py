@@ -36,12 +36,20 @@ GRANULARITY_TARGETS = {
 }
 
 
-@pytest.mark.parametrize("family", ["llama3", "qwen3"])
-@pytest.mark.parametrize("granularity", GRANULARITY_TARGETS)
+@pytest.mark.parametrize("family, granularity",
+                         [(f, g) for f in ("llama3", "qwen3") for g in GRANULARITY_TARGETS]
+                         + [("qwen2", "all"), ("mistral", "mlp"), ("llama_tied", "heads_groups")])
 def test_masked_equals_compacted_and_transformers(family, granularity, checkpoints, tmp_path):
+    """Llama 3 and Qwen3 (GQA) per granularity and combined; Qwen2 (q/k/v bias, tied), Mistral
+    (one kv group, sliding window) and Llama MHA with attention bias, tied, once each."""
     config, params = load_pretrained(checkpoints[family])
     imp = importance(config, params, _batches(VOCAB), method="activation")
-    masks, targets = prune_to(config, imp, Targets.of(config, **GRANULARITY_TARGETS[granularity]))
+    widths = dict(GRANULARITY_TARGETS[granularity])
+    if family == "mistral":
+        widths.pop("kv_heads", None)
+    if family == "llama_tied":  # multi-head attention: 4 groups of one head
+        widths = dict(kv_heads=2, heads=2)
+    masks, targets = prune_to(config, imp, Targets.of(config, **widths))
     small_config, small = compact(config, params, masks)
     assert small_config == targets.config(config)
     seqs = random_sequences([12, 7])
@@ -145,9 +153,8 @@ def _planted_params():
 def test_planted_structure_ranked_least(method):
     params = _planted_params()
     imp = importance(PLANT, params, _batches(64, seed=1), method=method)
-    if method != "taylor":
-        assert int(jnp.argmin(imp["heads"][1, 1])) == 1  # head 3 = group 1, position 1
-        assert set(np.argsort(np.asarray(imp["mlp"][2]))[:8].tolist()) == set(range(8, 16))
+    assert int(jnp.argmin(imp["heads"][1, 1])) == 1  # head 3 = group 1, position 1
+    assert set(np.argsort(np.asarray(imp["mlp"][2]))[:8].tolist()) == set(range(8, 16))
     if method == "activation":
         assert int(jnp.argmin(imp["layers"])) == 3 and float(imp["layers"][3]) == pytest.approx(0.0, abs=1e-6)
         masks, _ = prune_to(PLANT, imp, Targets.of(PLANT, layers=3))
@@ -230,6 +237,24 @@ def test_ratio_outside_unit_interval(ratio):
 def test_bad_targets(kwargs, message):
     with pytest.raises(PruningError, match=message):
         Targets.of(BIG, **kwargs)
+
+
+def test_explicit_targets_never_revive():
+    params = init_params(BIG, jax.random.key(0))
+    imp = importance(BIG, params, method="magnitude")
+    masks, _ = prune_to(BIG, imp, Targets.of(BIG, mlp=512, hidden=192))
+    with pytest.raises(PruningError, match=r"target mlp=640 is wider than the current masks keep \(512\)"):
+        prune_to(BIG, imp, Targets.of(BIG, mlp=640, hidden=192), masks=masks)
+
+
+def test_llama_widths_stay_exportable():
+    llama = ModelConfig(model_type="llama", vocab_size=256, hidden_size=2048, intermediate_size=8192,
+                        num_layers=4, num_heads=32, num_kv_heads=8, head_dim=64)
+    for ratio in (0.1, 0.3, 0.5, 0.7):
+        t = widths_for_ratio(llama, ratio, multiple=64)
+        assert t.hidden % t.heads == 0, t
+    with pytest.raises(PruningError, match="hidden=1664 is not a multiple of heads=24"):
+        Targets.of(llama, hidden=1664, heads=24)
 
 
 def test_non_uniform_masks_refused_by_compact():

@@ -98,6 +98,15 @@ def targets_from_logits(logits, example_ids, positions, settings: TargetSettings
     return jax.vmap(jax.vmap(sample))(keys, logits)
 
 
+@functools.partial(jax.jit, static_argnames=("settings",))
+def _targets_at(logits, flat_index, example_ids, positions, settings: TargetSettings) -> SparseTargets:
+    """Targets [n, k] at the flattened positions `flat_index` of logits [B, T, V]."""
+    vocab = logits.shape[-1]
+    pick = lambda x: x.reshape(-1, *x.shape[2:])[flat_index][None]
+    out = targets_from_logits(pick(logits).reshape(1, -1, vocab), pick(example_ids), pick(positions), settings)
+    return jax.tree.map(lambda x: x[0], out)
+
+
 def _supervised_positions(ex: Example, format: str) -> np.ndarray:
     """Positions t of the example whose next token is supervised."""
     return np.flatnonzero(loss_weights(ex.parts[1:], format) > 0)
@@ -171,16 +180,22 @@ def build_teacher_cache(config: ModelConfig, params: Params, examples: list[Exam
         batch = build_rows(examples, chunk, seq_len, format)
         logits = forward(config, params, jnp.asarray(batch["tokens"]),
                          segment_ids=jnp.asarray(batch["segment_ids"]))
-        targets = jax.device_get(targets_from_logits(logits, jnp.asarray(batch["example_ids"]),
-                                                     jnp.asarray(batch["positions"]), settings))
+        # Targets only at supervised positions, gathered into a power-of-two bucket (few shapes).
+        flat = np.flatnonzero(batch["weights"].ravel() > 0)
+        bucket = 1 << max(int(len(flat) - 1).bit_length(), 0)
+        padded = np.concatenate([flat, np.zeros(bucket - len(flat), flat.dtype)])
+        targets = jax.device_get(_targets_at(logits, jnp.asarray(padded), jnp.asarray(batch["example_ids"]),
+                                             jnp.asarray(batch["positions"]), settings))
+        where = {int(f): j for j, f in enumerate(flat)}
         for b, row in enumerate(chunk):
             for seg, i in enumerate(row, start=1):
                 cols = np.flatnonzero((batch["segment_ids"][b] == seg) & (batch["weights"][b] > 0))
+                rows_of = [where[b * batch["weights"].shape[1] + c] for c in cols]
                 e = index_of[examples[i].example_id]
                 span = slice(offsets[e], offsets[e + 1])
-                arrays["ids.npy"][span] = targets.ids[b, cols]
-                arrays["weights.npy"][span] = targets.weights[b, cols]
-                arrays["self_term.npy"][span] = targets.self_term[b, cols]
+                arrays["ids.npy"][span] = targets.ids[rows_of]
+                arrays["weights.npy"][span] = targets.weights[rows_of]
+                arrays["self_term.npy"][span] = targets.self_term[rows_of]
         for array in arrays.values():
             array.flush()
         write_json(progress_file, {"rows": start + len(chunk)})

@@ -79,8 +79,24 @@ class Targets:
                 f"target heads={heads} breaks GQA grouping: with kv_heads={kv_heads} it must be a "
                 f"multiple of {kv_heads} between {kv_heads} and {kv_heads * group} "
                 f"(each of the {kv_heads} kept groups keeps 1..{group} of its query heads)")
-        return cls(kv_heads, heads // kv_heads, mlp or c.intermediate_size, hidden or c.hidden_size,
-                   layers or c.num_layers)
+        targets = cls(kv_heads, heads // kv_heads, mlp or c.intermediate_size, hidden or c.hidden_size,
+                      layers or c.num_layers)
+        if not targets.exportable(c):
+            raise PruningError(
+                f"target hidden={targets.hidden} is not a multiple of heads={targets.heads}: "
+                f"transformers' {c.model_type} config requires hidden_size % num_attention_heads == 0")
+        return targets
+
+    def exportable(self, config: ModelConfig) -> bool:
+        """Whether transformers accepts the compacted config (Llama checks hidden % heads == 0)."""
+        return config.model_type != "llama" or self.hidden % self.heads == 0
+
+    def check_within(self, current: Targets) -> None:
+        """Pruning only narrows: every width at most what the current masks keep."""
+        for name in ("kv_heads", "heads_per_group", "mlp", "hidden", "layers"):
+            if getattr(self, name) > getattr(current, name):
+                raise PruningError(f"target {name}={getattr(self, name)} is wider than the current masks "
+                                   f"keep ({getattr(current, name)}): pruning never revives structures")
 
     @classmethod
     def from_masks(cls, masks) -> Targets:
@@ -137,7 +153,7 @@ def widths_for_ratio(config: ModelConfig, ratio: float, *, ratio_of: str = "tota
         return compression_ratio(c, t.config(c))[ratio_of]
 
     def depth_targets(r: float) -> Targets:
-        cands = [dataclasses.replace(cap, layers=n) for n in range(1, cap.layers + 1)]
+        cands = [dataclasses.replace(cap, layers=n) for n in range(1, cap.layers + 1)]  # widths as now
         return min(cands, key=lambda t: abs(achieved(t) - r))
 
     def width_targets(k: float, layers: int) -> set[Targets]:
@@ -154,7 +170,11 @@ def widths_for_ratio(config: ModelConfig, ratio: float, *, ratio_of: str = "tota
     if split == "depth":
         return depth_targets(ratio)
     layers = depth_targets(ratio / 2).layers if split == "mixed" else cap.layers
-    candidates = set().union(*(width_targets(k, layers) for k in np.linspace(0.0, 1.0, 401)[1:]))
+    candidates = {t for k in np.linspace(0.0, 1.0, 401)[1:] for t in width_targets(k, layers)
+                  if t.exportable(c)}
+    if not candidates:
+        raise PruningError(f"no {split} widths with multiple={multiple} give an exportable "
+                           f"{c.model_type} config; try a smaller multiple")
     return min(candidates, key=lambda t: (round(abs(achieved(t) - ratio), 12), -t.hidden, -t.mlp,
                                           -t.heads))
 
@@ -176,9 +196,13 @@ def prune_to(config: ModelConfig, importance: dict[str, jnp.ndarray], target: fl
     stay pruned (iterative pruning never revives). Query heads are ranked within their kv group.
     """
     masks = full_masks(config) if masks is None else masks
-    targets = target if isinstance(target, Targets) else widths_for_ratio(
-        config, target, ratio_of=ratio_of, split=split, multiple=multiple, head_pruning=head_pruning,
-        within=Targets.from_masks(masks))
+    current = Targets.from_masks(masks)
+    if isinstance(target, Targets):
+        target.check_within(current)
+        targets = target
+    else:
+        targets = widths_for_ratio(config, target, ratio_of=ratio_of, split=split, multiple=multiple,
+                                   head_pruning=head_pruning, within=current)
     alive = lambda scores, m: jnp.where(m > 0, scores, -jnp.inf)
     group_alive = jnp.max(masks["heads"], axis=-1)
     groups = _top_mask(alive(importance["groups"], group_alive), targets.kv_heads)  # [L, K]

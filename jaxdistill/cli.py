@@ -42,6 +42,25 @@ def run(args):
         raise click.UsageError(str(err)) from err
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+def distill(args):
+    """Distil (and prune) a student: CONFIG (default: the shipped finance-topic demo) and key=value overrides."""
+    from jaxdistill.models import ConfigError
+    from jaxdistill.train import TrainingError, run_distill
+
+    config_path = None
+    if args and "=" not in args[0]:
+        config_path, args = args[0], args[1:]
+    try:
+        config = load_run_config(config_path, args, default="distill_demo.yaml")
+        run_distill(config, log=lambda msg: click.echo(msg, err=True))
+    except (RunConfigError, ConfigError) as err:
+        raise click.UsageError(str(err)) from err
+    except TrainingError as err:
+        raise click.ClickException(str(err)) from err
+
+
 @main.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")

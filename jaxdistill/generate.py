@@ -59,7 +59,7 @@ def sample_logits(key, logits, temperature: float, top_k: int, top_p: float):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "settings", "pad_id"))
-def _generate(config: ModelConfig, params: Params, prompts, prompt_valid, settings: SamplingSettings,
+def _generate(config: ModelConfig, params: Params, prompts, prompt_valid, row_ids, settings: SamplingSettings,
               pad_id: int):
     model = as_module(config, params)
     B, P = prompts.shape
@@ -71,12 +71,15 @@ def _generate(config: ModelConfig, params: Params, prompts, prompt_valid, settin
     positions = jnp.maximum(jnp.cumsum(prompt_valid, axis=1) - 1, 0).astype(jnp.int32)
     logits, cache = model.decode(prompts, positions, cache, 0, kv_valid)
     stops = jnp.asarray(settings.stop_tokens or (-1,), jnp.int32)
-    key = jax.random.key(settings.seed)
+    # One key per (row id, step): a prompt's samples do not depend on the rest of its batch.
+    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(settings.seed),
+                                                               row_ids.astype(jnp.uint32))
 
     def step(carry, i):
         last_logits, cache, kv_valid, position, done = carry
-        token = sample_logits(jax.random.fold_in(key, i), last_logits, settings.temperature,
-                              settings.top_k, settings.top_p)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, i)
+        token = jax.vmap(lambda k, z: sample_logits(k, z[None], settings.temperature, settings.top_k,
+                                                    settings.top_p)[0])(keys, last_logits)
         token = jnp.where(done, pad_id, token)
         kv_valid = kv_valid.at[:, P + i].set(~done)
         logits, cache = model.decode(token[:, None], position[:, None], cache, P + i, kv_valid)
@@ -92,12 +95,16 @@ def _generate(config: ModelConfig, params: Params, prompts, prompt_valid, settin
 
 def generate(config: ModelConfig, params: Params, prompts: Sequence[Sequence[int]],
              settings: SamplingSettings = SamplingSettings(), *, pad_id: int = 0,
-             pad_to_multiple: int = 64) -> list[list[int]]:
+             pad_to_multiple: int = 64, row_ids: Sequence[int] | None = None) -> list[list[int]]:
     """Sampled continuations (token ids, cut after a stop token) for prompts of any lengths.
     Prompt batches are left-padded to a multiple of `pad_to_multiple` so similar batches share
-    one compiled program."""
+    one compiled program. `row_ids` (default 0..B-1, e.g. example ids) seed each row's sampling,
+    so a prompt's continuation is the same in any batch."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
+    if settings.top_k > config.vocab_size:
+        raise ValueError(f"top_k={settings.top_k} exceeds the vocabulary ({config.vocab_size})")
+    row_ids = np.arange(len(prompts)) if row_ids is None else np.asarray(row_ids)
     longest = max(len(p) for p in prompts)
     P = -(-longest // pad_to_multiple) * pad_to_multiple
     tokens = np.full((len(prompts), P), pad_id, np.int32)
@@ -106,8 +113,15 @@ def generate(config: ModelConfig, params: Params, prompts: Sequence[Sequence[int
         tokens[r, P - len(p):] = p
         valid[r, P - len(p):] = True
     out, lengths = jax.device_get(_generate(config, params, jnp.asarray(tokens), jnp.asarray(valid),
-                                            settings, pad_id))
+                                            jnp.asarray(row_ids), settings, pad_id))
     return [row[:n].tolist() for row, n in zip(out, lengths)]
+
+
+def completion_text(tokenizer, ids) -> str:
+    """Decoded completion, keeping special tokens such as <think> (which carry the trace's
+    boundaries) and dropping only EOS and padding."""
+    drop = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    return tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False)
 
 
 def generate_traces(config: ModelConfig, params: Params, tokenizer, data, path, *, teacher_id: str,
@@ -118,6 +132,7 @@ def generate_traces(config: ModelConfig, params: Params, tokenizer, data, path, 
     finished batches are appended to `path + ".partial"` and skipped on a restart; the file is
     renamed to `path` when complete."""
     from jaxdistill.data.formats import Template, _prompt_text, parse_answer
+    from jaxdistill.data.traces import split_completion
 
     template = template or Template()
     path = Path(path)
@@ -134,13 +149,12 @@ def generate_traces(config: ModelConfig, params: Params, tokenizer, data, path, 
             prompts = [tokenizer(_prompt_text(tokenizer, template, data.texts[i], data.label_names)[0],
                                  add_special_tokens=False)["input_ids"] for i in ids]
             completions = generate(config, params, prompts, settings,
-                                   pad_id=tokenizer.pad_token_id or 0)
+                                   pad_id=tokenizer.pad_token_id or 0, row_ids=ids)
             for i, completion_ids in zip(ids, completions):
-                text = tokenizer.decode(completion_ids, skip_special_tokens=True)
+                text = completion_text(tokenizer, completion_ids)
                 answer = parse_answer(text, data.label_names, template)
                 counts["unparsable"] += answer is None
-                trace = text.split(template.think_close.strip())[0].replace(template.think_open.strip(), "").strip() \
-                    if template.think_close.strip() in text else ""
+                trace = split_completion(text, template)
                 out.write(json.dumps({"id": i, "text": data.texts[i], "gold": data.label_names[data.labels[i]],
                                       "completion": text, "trace": trace,
                                       "answer": None if answer is None else data.label_names[answer],

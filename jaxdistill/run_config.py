@@ -62,9 +62,10 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """The embedded default, updated by the YAML file at `path` (if any), then by the overrides."""
-    config = embedded_config()
+def load_run_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                    default: str = "demo.yaml") -> dict[str, Any]:
+    """The embedded default `default`, updated by the YAML file at `path` (if any), then by the overrides."""
+    config = embedded_config(default)
     if path is not None:
         path = Path(path)
         if not path.is_file():

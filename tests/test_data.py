@@ -318,7 +318,7 @@ def test_cache_invalidated_by_teacher_or_data_and_resumes(bpe, finance, tmp_path
     # Resume: drop meta.json and rewind progress; the rebuilt arrays are identical.
     ids_before = np.array(first.ids)
     (first.path / "meta.json").unlink()
-    (first.path / "progress.json").write_text(json.dumps({"rows": 2}))
+    (first.path / "progress.json").write_text(json.dumps({"rows": 2, "packing": {"seq_len": 160, "batch_rows": 2}}))
     np.asarray(np.load(first.path / "ids.npy", mmap_mode="r+"))[-1] = 0
     resumed = build_teacher_cache(config, teacher, examples, tmp_path, **kw)
     np.testing.assert_array_equal(np.array(resumed.ids), ids_before)
@@ -329,3 +329,58 @@ def test_bpe_training_is_deterministic(tmp_path):
     train_bpe(texts, 512, tmp_path / "a.json")
     train_bpe(texts, 512, tmp_path / "b.json")
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_cache_key_and_progress_guards(bpe, finance, tmp_path):
+    examples = _cache_inputs(bpe, finance)
+    config, teacher = _model(len(bpe), seed=1)
+    kw = dict(format="blended", tokenizer_id="bpe-4096", batch_rows=2)
+    first = build_teacher_cache(config, teacher, examples, tmp_path, seq_len=160, **kw)
+    # Same weights, other architecture setting: other logits, so another cache.
+    other = build_teacher_cache(config.replace(rope_theta=10.0), teacher, examples, tmp_path, seq_len=160, **kw)
+    assert other.path != first.path
+    # An interrupted build resumed with another packing starts over instead of leaving gaps.
+    ids = np.array(first.ids)
+    (first.path / "meta.json").unlink()
+    (first.path / "progress.json").write_text(json.dumps({"rows": 3, "packing": {"seq_len": 80, "batch_rows": 2}}))
+    np.asarray(np.load(first.path / "ids.npy", mmap_mode="r+"))[:] = 0
+    np.testing.assert_array_equal(np.array(build_teacher_cache(config, teacher, examples, tmp_path, seq_len=160,
+                                                               **kw).ids), ids)
+    with pytest.raises(ValueError, match=r"example ids must be unique to key the cache; duplicated: \[0\]"):
+        build_teacher_cache(config, teacher, examples + examples[:1], tmp_path, seq_len=160, **kw)
+
+
+def test_completion_keeps_think_boundaries_and_rows_sample_independently(bpe):
+    from jaxdistill.data.traces import split_completion
+    from jaxdistill.generate import completion_text
+
+    ids = bpe("<think>\nrates went up\n</think>\n\nFed | Central Banks", add_special_tokens=False)["input_ids"]
+    text = completion_text(bpe, ids + [bpe.eos_token_id])
+    assert split_completion(text) == "rates went up"
+    assert parse_answer(text, ["Fed | Central Banks", "Markets"]) == 0
+    config, params = _model(64)
+    settings = SamplingSettings(max_new_tokens=8, temperature=1.0, seed=2)
+    alone = generate(config, params, [[7, 8, 9]], settings, row_ids=[42])[0]
+    batched = generate(config, params, [[1, 2], [7, 8, 9]], settings, row_ids=[5, 42])[1]
+    assert alone == batched
+    with pytest.raises(ValueError, match=r"top_k=100 exceeds the vocabulary \(64\)"):
+        generate(config, params, [[1]], SamplingSettings(temperature=1.0, top_k=100))
+
+
+def test_label_columns_with_missing_and_float_ids():
+    from jaxdistill.data import BatchingError
+    from jaxdistill.data.sources import from_table
+
+    table = pd.DataFrame({"text": ["a", "b", "c", "", "e"], "label": [0.0, 1.0, None, 1.0, 1.0]})
+    data = from_table(table, label_names=["A", "B"])
+    assert data.labels.tolist() == [0, 1, 1]
+    assert data.report == {"dropped_missing_label": 1, "dropped_empty_text": 1, "rows": 3}
+    mixed = from_table(pd.DataFrame({"text": ["a", "b", "c"], "label": ["x", 3, None]}))
+    assert mixed.label_names == ["3", "x"] and len(mixed) == 2
+    ghost = from_table(pd.DataFrame({"text": ["a", ""], "label": ["A", "GHOST"]}))
+    assert ghost.label_names == ["A"]
+    from jaxdistill.data.formats import Example
+
+    long = [Example(np.arange(30, dtype=np.int32), np.full(30, 3, np.int8), 7, 0)]
+    with pytest.raises(BatchingError, match=r"1 example\(s\) longer than seq_len=20 \(ids \[7\]\)"):
+        BatchIterator(long, batch_size=1, seq_len=20, mode="pad")

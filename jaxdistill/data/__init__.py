@@ -1,6 +1,6 @@
 """Data: classification sources, supervision formats, batching/packing, traces, teacher-target cache."""
 
-from jaxdistill.data.batching import BatchIterator, build_rows, pack_rows, packing_efficiency
+from jaxdistill.data.batching import BatchingError, BatchIterator, build_rows, pack_rows, packing_efficiency
 from jaxdistill.data.formats import FORMATS, Example, Template, encode_dataset, encode_example, parse_answer
 from jaxdistill.data.sources import (ClassificationData, DataError, load_source, stratified_split,
                                      stratified_subsample)
@@ -8,7 +8,7 @@ from jaxdistill.data.teacher_cache import TargetSettings, TeacherCache, build_te
 from jaxdistill.data.tokenizer import load_tokenizer, train_bpe
 from jaxdistill.data.traces import attach_traces, load_traces
 
-__all__ = ["FORMATS", "BatchIterator", "ClassificationData", "DataError", "Example", "TargetSettings",
+__all__ = ["FORMATS", "BatchIterator", "BatchingError", "ClassificationData", "DataError", "Example", "TargetSettings",
            "TeacherCache", "Template", "attach_traces", "build_rows", "build_teacher_cache",
            "encode_dataset", "encode_example", "load_source", "load_tokenizer",
            "load_traces", "pack_rows", "packing_efficiency", "parse_answer", "stratified_split",

@@ -36,7 +36,7 @@ def pack_rows(lengths, seq_len: int, window: int = 64) -> list[list[int]]:
     space: list[int] = []
     for i, n in enumerate(lengths):
         if n > seq_len:
-            raise BatchingError(f"example {i} has {n} tokens, more than seq_len={seq_len}")
+            raise BatchingError(f"entry {i} has {n} tokens, more than seq_len={seq_len}")
         for r in range(max(0, len(rows) - window), len(rows)):
             if n <= space[r]:
                 rows[r].append(i)
@@ -106,6 +106,10 @@ class BatchIterator:
                                 f"{self.process_count}: every process needs the same number of rows")
         if not self.examples:
             raise BatchingError("no examples to batch")
+        too_long = [ex.example_id for ex in self.examples if len(ex) > self.seq_len]
+        if too_long:
+            raise BatchingError(f"{len(too_long)} example(s) longer than seq_len={self.seq_len} (ids "
+                                f"{too_long[:5]}): encode with max_len <= seq_len")
         self._epoch_rows: tuple[int, list[list[int]]] | None = None
 
     def _rows(self, epoch: int) -> list[list[int]]:
@@ -119,6 +123,10 @@ class BatchIterator:
                 window = self.batch_size * self.bucket_window
                 rows = [row for start in range(0, len(rows), window)
                         for row in sorted(rows[start:start + window], key=lambda r: len(self.examples[r[0]]))]
+                # batches of similar lengths, in a seeded order (not short-to-long)
+                batches = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+                shuffle = np.random.default_rng([self.seed, epoch, 1]).permutation(len(batches))
+                rows = [row for b in shuffle for row in batches[b]]
             self._epoch_rows = (epoch, rows)
         return self._epoch_rows[1]
 

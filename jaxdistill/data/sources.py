@@ -62,11 +62,22 @@ def _read_table(path: Path):
     raise DataError(f"{path}: unsupported file type {suffix!r}; use .parquet, .csv, .jsonl or .json")
 
 
+def _label_value(value):
+    """A label as int (integral numbers, also from float columns), str, or None (missing)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer()):
+        return int(value)
+    text = str(value).strip()
+    return text or None
+
+
 def from_table(table, *, text_column: str = "text", label_column: str = "label",
                rationale_column: str | None = None, label_names: list[str] | None = None,
                where: str = "data") -> ClassificationData:
     """Build from a pandas DataFrame. Labels may be names or integer ids; with `label_names` given,
-    others are unknown (dropped, counted); without, the vocabulary is the sorted distinct labels."""
+    others are unknown (dropped, counted); without, the vocabulary is the sorted distinct labels of
+    the rows kept. Rows with empty text or a missing label are dropped and counted."""
     wanted = [text_column, label_column] + ([rationale_column] if rationale_column else [])
     missing = [c for c in wanted if c not in table.columns]
     if missing:
@@ -74,25 +85,32 @@ def from_table(table, *, text_column: str = "text", label_column: str = "label",
                         "(set text_column / label_column / rationale_column)")
     texts = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t).strip()
              for t in table[text_column].tolist()]
-    raw = table[label_column].tolist()
-    numeric = all(isinstance(v, (int, np.integer)) for v in raw)
-    if label_names is None:
-        vocab = sorted(set(raw))
+    raw = [_label_value(v) for v in table[label_column].tolist()]
+    rationales = table[rationale_column].tolist() if rationale_column else None
+    report = Counter()
+    candidates = []
+    for i, (text, label) in enumerate(zip(texts, raw)):
+        if not text:
+            report["dropped_empty_text"] += 1
+        elif label is None:
+            report["dropped_missing_label"] += 1
+        else:
+            candidates.append(i)
+    numeric = all(isinstance(raw[i], int) for i in candidates)
+    if label_names is None:  # the vocabulary of the rows that survive
+        vocab = sorted({raw[i] for i in candidates}, key=lambda v: (not isinstance(v, int), str(v)))
         label_names = [str(v) for v in vocab]
         lookup = {v: i for i, v in enumerate(vocab)}
     elif numeric:
         lookup = {i: i for i in range(len(label_names))}
     else:
         lookup = {name: i for i, name in enumerate(label_names)}
-    rationales = table[rationale_column].tolist() if rationale_column else None
-    keep, report = [], Counter()
-    for i, (text, label) in enumerate(zip(texts, raw)):
-        if not text:
-            report["dropped_empty_text"] += 1
-        elif label not in lookup:
-            report["dropped_unknown_label"] += 1
-        else:
+    keep = []
+    for i in candidates:
+        if raw[i] in lookup:
             keep.append(i)
+        else:
+            report["dropped_unknown_label"] += 1
     report["rows"] = len(keep)
     return ClassificationData([texts[i] for i in keep], np.array([lookup[raw[i]] for i in keep], np.int64),
                               list(label_names), None if rationales is None else [rationales[i] for i in keep],

@@ -72,10 +72,12 @@ def fingerprint_examples(examples: list[Example], format: str) -> str:
 
 
 def cache_key(teacher_fingerprint: str, tokenizer_id: str, examples_fingerprint: str,
-              settings: TargetSettings) -> str:
-    payload = json.dumps({"teacher": teacher_fingerprint, "tokenizer": tokenizer_id,
+              settings: TargetSettings, teacher_config: ModelConfig | None = None) -> str:
+    config = None if teacher_config is None else {
+        f.name: getattr(teacher_config, f.name) for f in dataclasses.fields(teacher_config) if f.compare}
+    payload = json.dumps({"teacher": teacher_fingerprint, "teacher_config": config, "tokenizer": tokenizer_id,
                           "examples": examples_fingerprint, "targets": dataclasses.asdict(settings)},
-                         sort_keys=True)
+                         sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -153,8 +155,13 @@ def build_teacher_cache(config: ModelConfig, params: Params, examples: list[Exam
     """Run the teacher over `examples` (packed rows) and store sparse targets; returns the cache.
     Reuses a complete cache with the same key, resumes an incomplete one, and writes `meta.json`
     (atomically) only when every row is done."""
+    ids = [ex.example_id for ex in examples]
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"example ids must be unique to key the cache; duplicated: {dupes} "
+                         "(give each split its own id range when encoding)")
     fingerprint = teacher_fingerprint or fingerprint_params(params)
-    key = cache_key(fingerprint, tokenizer_id, fingerprint_examples(examples, format), settings)
+    key = cache_key(fingerprint, tokenizer_id, fingerprint_examples(examples, format), settings, config)
     path = Path(root) / key
     if (path / "meta.json").is_file():
         return TeacherCache(path)
@@ -172,7 +179,9 @@ def build_teacher_cache(config: ModelConfig, params: Params, examples: list[Exam
     np.save(path / "offsets.npy", offsets)
     np.save(path / "example_ids.npy", np.array([ex.example_id for ex in examples], np.int64))
     progress_file = path / "progress.json"
-    done = json.loads(progress_file.read_text())["rows"] if progress_file.is_file() else 0
+    packing = {"seq_len": seq_len, "batch_rows": batch_rows}
+    progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {}
+    done = progress["rows"] if progress.get("packing") == packing else 0  # other packing: start over
     index_of = {ex.example_id: i for i, ex in enumerate(examples)}
     rows = pack_rows([len(ex) for ex in examples], seq_len)
     for start in range(done, len(rows), batch_rows):
@@ -198,7 +207,7 @@ def build_teacher_cache(config: ModelConfig, params: Params, examples: list[Exam
                 arrays["self_term.npy"][span] = targets.self_term[rows_of]
         for array in arrays.values():
             array.flush()
-        write_json(progress_file, {"rows": start + len(chunk)})
+        write_json(progress_file, {"rows": start + len(chunk), "packing": packing})
     write_json(path / "meta.json", {"key": key, "teacher": fingerprint, "tokenizer": tokenizer_id,
                                     "format": format, "settings": dataclasses.asdict(settings),
                                     "examples": len(examples), "positions": total, "rows": len(rows)})

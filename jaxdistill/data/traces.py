@@ -4,7 +4,7 @@ JSONL and attach to a data set, with a policy for traces whose answer disagrees 
 A record has `trace` (or a `completion` holding `<think>trace</think> answer`), optionally
 `answer`, and `id` (index into the data) or `text` (matched to the input text).
 
-Policies: keep (keep every parsable trace, gold label unchanged), drop (drop examples whose trace
+Policies: keep (keep every trace, parsable or not, gold label unchanged), drop (drop examples whose trace
 disagrees or has no parsable answer), relabel (take the trace's answer as the label; unparsable
 dropped). Examples without a trace are dropped. Every case is counted.
 """
@@ -33,7 +33,8 @@ def load_traces(path) -> list[dict]:
     return records
 
 
-def _split_completion(completion: str, template: Template) -> str:
+def split_completion(completion: str, template: Template = Template()) -> str:
+    """The reasoning trace inside `<think>...</think>` of a completion ("" when there is none)."""
     open_tag, close_tag = template.think_open.strip(), template.think_close.strip()
     if close_tag in completion:
         return completion.split(close_tag, 1)[0].replace(open_tag, "").strip()
@@ -56,7 +57,7 @@ def attach_traces(data: ClassificationData, records: list[dict], *, policy: str 
     for i, (text, gold) in enumerate(zip(data.texts, data.labels)):
         record = by_id.get(i) or by_text.get(text)
         trace = None if record is None else (record.get("trace") or
-                                              _split_completion(record.get("completion", ""), template))
+                                              split_completion(record.get("completion", ""), template))
         if not trace:
             counts["missing_trace"] += 1
             continue

@@ -1,4 +1,4 @@
-"""Command line: `jaxdistill run [CONFIG] [key=value ...]` and `jaxdistill bench CONFIG [--json]`."""
+"""Command line: `jaxdistill run | distill [CONFIG] [key=value ...]` and `jaxdistill bench CONFIG [--json]`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import yaml
 
 from jaxdistill.run_config import RunConfigError, load_run_config
 
-JOBS = ("model-smoke",)
+JOBS = {"distill": "distill_demo.yaml", "model-smoke": "demo.yaml"}  # job -> embedded default (schema)
 
 
 @click.group()
@@ -19,46 +19,58 @@ def main():
     """jaxdistill: distil a teacher LLM into a pruned student and measure what it costs."""
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1)
-def run(args):
-    """Run the job a config describes (no CONFIG: the embedded default), with key=value overrides."""
+def _job(config_path, overrides) -> str:
+    """The job a command line asks for: a job=... override, else the config file's, else distill."""
+    for text in overrides:
+        if text.startswith("job="):
+            return text.split("=", 1)[1]
+    if config_path is not None and Path(config_path).is_file():
+        loaded = yaml.safe_load(Path(config_path).read_text()) or {}
+        if isinstance(loaded, dict) and "job" in loaded:
+            return loaded["job"]
+    return "distill"
+
+
+def _run_job(args, default_job=None):
+    from jaxdistill.models import ConfigError
+    from jaxdistill.train import TrainingError
+
     config_path = None
     if args and "=" not in args[0]:
         config_path, args = args[0], args[1:]
-    try:
-        config = load_run_config(config_path, args)
-    except RunConfigError as err:
-        raise click.UsageError(str(err)) from err
-    job = config["job"]
+    job = default_job or _job(config_path, args)
     if job not in JOBS:
         raise click.UsageError(f"job={job!r}: valid jobs are {', '.join(JOBS)}")
-    from jaxdistill.models import ConfigError
-    from jaxdistill.smoke import model_smoke
-
+    log = lambda msg: click.echo(msg, err=True)
     try:
-        model_smoke(config, log=lambda msg: click.echo(msg, err=True))
-    except ConfigError as err:
+        config = load_run_config(config_path, args, default=JOBS[job])
+        if job == "model-smoke":
+            from jaxdistill.smoke import model_smoke
+
+            model_smoke(config, log=log)
+        else:
+            from jaxdistill.train import run_distill
+
+            run_distill(config, log=log)
+    except (RunConfigError, ConfigError) as err:
         raise click.UsageError(str(err)) from err
+    except TrainingError as err:
+        raise click.ClickException(str(err)) from err
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+def run(args):
+    """Run the job a config describes (no CONFIG: the embedded finance-topic distillation demo),
+    with key=value overrides; `job=model-smoke` runs the model smoke job instead."""
+    _run_job(args)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1)
 def distill(args):
     """Distil (and prune) a student: CONFIG (default: the shipped finance-topic demo) and key=value overrides."""
-    from jaxdistill.models import ConfigError
-    from jaxdistill.train import TrainingError, run_distill
-
-    config_path = None
-    if args and "=" not in args[0]:
-        config_path, args = args[0], args[1:]
-    try:
-        config = load_run_config(config_path, args, default="distill_demo.yaml")
-        run_distill(config, log=lambda msg: click.echo(msg, err=True))
-    except (RunConfigError, ConfigError) as err:
-        raise click.UsageError(str(err)) from err
-    except TrainingError as err:
-        raise click.ClickException(str(err)) from err
+    _run_job(args, default_job="distill")
 
 
 @main.command()

@@ -5,7 +5,9 @@ State (a pytree; everything the step changes):
     step     int32             params   student weights (trained in full mode, frozen for LoRA)
     lora     LoRA adapters ({} unless mode is lora)       opt_state  optax state of what trains
     masks    pruning masks (pruning.full_masks when not pruning)
-    rng      uint32 key data   first_bad_step  int32, the first step whose loss was not finite (-1)
+    rng      uint32 key data   first_bad_step  int32, the first step whose loss or update was not
+                               finite (-1: none); checked before every checkpoint, so saved
+                               checkpoints are always finite
 
 One jitted step (state donated) runs: the teacher forward (stop-gradient, or cached sparse targets),
 the student forward on masked weights (adapters merged), the chunked fused loss, gradients
@@ -166,9 +168,33 @@ def _loss(c: StepConfig, trainable, frozen, masks, teacher, batch, step):
     return value, metrics
 
 
-def make_train_step(c: StepConfig):
+def state_shardings(c: StepConfig, state, mesh):
+    """Shardings of a train state on `mesh`: student weights and their optimizer moments by the
+    logical-axis rules, everything else (adapters, masks, counters) replicated."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jaxdistill.models import logical_axes, tree_shardings
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    params = tree_shardings(logical_axes(c.student), state["params"], mesh)
+    out = jax.tree.map(lambda _: replicated, state)
+    out["params"] = params
+    if c.mode != "lora":
+        out["opt_state"] = optax.tree_map_params(
+            make_optimizer(c, state["params"]), lambda _, sharding: sharding, state["opt_state"], params,
+            transform_non_params=lambda _: replicated)
+    return out
+
+
+def place_state(c: StepConfig, state, mesh):
+    """The state placed by `state_shardings` (do this once, before the first step)."""
+    return jax.device_put(state, state_shardings(c, state, mesh))
+
+
+def make_train_step(c: StepConfig, shardings=None):
     """The compiled step: (state, teacher_params, batch) -> (state, metrics). `batch` arrays are
-    [micro_batches * rows, T]; the state is donated."""
+    [micro_batches * rows, T]; the state is donated. With `shardings` (from `state_shardings`) the
+    new state keeps exactly the input placement, so the step compiles once."""
     tx_holder = {}
 
     def step(state, teacher, batch):
@@ -200,14 +226,14 @@ def make_train_step(c: StepConfig):
             new["lora"] = trainable
         else:
             new["params"] = apply_masks(c.student, trainable, state["masks"])
-        bad = ~jnp.isfinite(loss)
+        bad = ~jnp.isfinite(loss) | ~jnp.isfinite(optax.tree.norm(trainable))
         new["first_bad_step"] = jnp.where((state["first_bad_step"] < 0) & bad, state["step"],
                                           state["first_bad_step"])
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
                    "learning_rate": learning_rate_schedule(c)(state["step"])}
         return new, metrics
 
-    return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, donate_argnums=(0,), out_shardings=None if shardings is None else (shardings, None))
 
 
 def reset_pruned_moments(c: StepConfig, state) -> dict[str, Any]:
@@ -250,7 +276,8 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def restore(self, step: int, abstract_state):
+    def restore(self, step: int, abstract_state=None):
+        """(state, data iterator state, run config); without `abstract_state`, arrays as saved."""
         ocp = self.ocp
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
@@ -362,7 +389,9 @@ def train_loop(c: StepConfig, state, teacher, iterator, mesh, run_dir: Path, *, 
         state, data_state, _ = checkpoints.restore(latest, abstract)
         iterator.restore(data_state)
         log(f"{name}: resumed from step {latest}")
-    step_fn = make_train_step(c)
+    shardings = state_shardings(c, state, mesh)
+    state = jax.device_put(state, shardings)
+    step_fn = make_train_step(c, shardings)
     tokens_per_step = t["batch_size"] * t["seq_len"]
     flops = step_flops(c, tokens_per_step, t["seq_len"])
     peak, peak_source = peak_flops(c.student, tokens_per_step)
@@ -381,7 +410,7 @@ def train_loop(c: StepConfig, state, teacher, iterator, mesh, run_dir: Path, *, 
             new_masks, targets = prune_to(c.student, scores, schedule(step), masks=masks_before,
                                           ratio_of=run["pruning"]["ratio_of"], split=run["pruning"]["split"],
                                           multiple=run["pruning"]["multiple"])
-            state = reset_pruned_moments(c, dict(state, masks=new_masks))
+            state = jax.device_put(reset_pruned_moments(c, dict(state, masks=new_masks)), shardings)
             log(f"{name}: step {step}: pruned to {dataclasses.asdict(targets)} (target ratio {schedule(step):.3f})")
         t0 = time.perf_counter()
         state, metrics = step_fn(state, teacher, _device_batch(next(iterator), mesh))
@@ -392,16 +421,20 @@ def train_loop(c: StepConfig, state, teacher, iterator, mesh, run_dir: Path, *, 
         else:
             window_steps += 1
         done = step + 1
-        if done % t["log_every"] == 0 or done == steps:
-            last = host_metrics(metrics)
+        saving = done % t["checkpoint_every"] == 0 or done == steps
+        if done % t["log_every"] == 0 or done == steps or saving:
             bad = int(jax.device_get(state["first_bad_step"]))
             if bad >= 0:
                 metrics_log.close()
-                raise TrainingError(f"{name}: the loss is not finite at step {bad}; stopped. The last good "
-                                    f"checkpoint is step {checkpoints.latest_step()} in {checkpoints.manager.directory}")
+                raise TrainingError(f"{name}: the loss or the weights became non-finite at step {bad}; stopped. "
+                                    f"The last good checkpoint is step {checkpoints.latest_step()} in "
+                                    f"{checkpoints.manager.directory}")
+        if done % t["log_every"] == 0 or done == steps:
+            last = host_metrics(metrics)
             elapsed = time.perf_counter() - window_start
             step_s = elapsed / max(window_steps, 1)
             record = {"step": done, **last, "step_time_s": step_s, "first_step_s": first_step_s,
+                      "step_compilations": step_fn._cache_size(),
                       "tokens_per_s": tokens_per_step / step_s,
                       "mfu_student": flops["student"] / step_s / peak, "mfu_teacher": flops["teacher"] / step_s / peak,
                       "mfu": (flops["student"] + flops["teacher"]) / step_s / peak, "peak_source": peak_source}
@@ -410,7 +443,7 @@ def train_loop(c: StepConfig, state, teacher, iterator, mesh, run_dir: Path, *, 
             bar.set_postfix(loss=f"{last['loss']:.4f}")
             window_start, window_steps = time.perf_counter(), 0
         bar.update(1)
-        if done % t["checkpoint_every"] == 0 or done == steps:
+        if saving:
             checkpoints.save(done, state, iterator.state(), run)
         if stop_at is not None and done >= stop_at:
             break

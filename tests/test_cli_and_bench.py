@@ -14,7 +14,7 @@ from jaxdistill.models import ModelConfig
 from jaxdistill.run_config import RunConfigError, load_run_config, parse_override
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["model.num_layers=2", "batch.seq_len=64", "batch.rows=2"]
+SMALL = ["job=model-smoke", "model.num_layers=2", "batch.seq_len=64", "batch.rows=2"]
 
 
 def test_run_default_job_writes_result(tmp_path):
@@ -28,21 +28,23 @@ def test_run_default_job_writes_result(tmp_path):
 
 def test_run_with_config_file(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(f"run_dir: {tmp_path / 'r'}\nmodel:\n  model_type: llama\n  qk_norm: false\n")
-    result = CliRunner().invoke(main, ["run", str(config), *SMALL])
+    config.write_text(f"job: model-smoke\nrun_dir: {tmp_path / 'r'}\nmodel:\n  model_type: llama\n  qk_norm: false\n")
+    result = CliRunner().invoke(main, ["run", str(config), *SMALL[1:]])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "model" / "config.json").read_text())["model_type"] == "llama"
 
 
 @pytest.mark.parametrize("args, message", [
-    (["modle.num_layers=2"], "unknown config key 'modle'; valid keys here: batch, job, model"),
-    (["model.num_layers=two"], "'model.num_layers' = 'two': expected a int"),
-    (["model.model_type=gpt2"], "unsupported model_type 'gpt2'"),
+    (["job=model-smoke", "modle.num_layers=2"], "unknown config key 'modle'; valid keys here: batch, job, model"),
+    (["job=model-smoke", "model.num_layers=two"], "'model.num_layers' = 'two': expected a int"),
+    (["job=model-smoke", "model.model_type=gpt2"], "unsupported model_type 'gpt2'"),
     (["missing.yaml"], "config file 'missing.yaml' does not exist"),
-    (["job=train"], "job='train': valid jobs are model-smoke"),
+    (["job=train"], "job='train': valid jobs are distill, model-smoke"),
+    (["teacher.model.model_type=gpt2"], "unsupported model_type 'gpt2'"),
 ])
 def test_run_bad_input_is_a_usage_error(args, message, tmp_path):
-    result = CliRunner().invoke(main, ["run", *args, f"run_dir={tmp_path}"])
+    extra = [] if "job=model-smoke" in args else ["data.subsample=50"]
+    result = CliRunner().invoke(main, ["run", *args, f"run_dir={tmp_path}", *extra])
     assert result.exit_code == 2
     assert message in result.output
 

@@ -93,3 +93,4 @@ def test_make_mesh_validates_shape():
     assert make_mesh((-1, 2, 2)).shape == {"data": 2, "fsdp": 2, "tensor": 2}
     with pytest.raises(ValueError, match="needs 12 devices, but 8"):
         make_mesh((3, 2, 2))
+    assert make_mesh((1, 2, 1)).devices.size == 2

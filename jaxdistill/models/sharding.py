@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 
 def make_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES, devices=None) -> Mesh:
-    """A device mesh of `shape` over `axis_names`; one entry may be -1 (takes the remaining devices)."""
+    """A device mesh of `shape` over `axis_names`; one entry may be -1 (takes the remaining devices).
+    On a single host a mesh smaller than the device count uses the first devices."""
     devices = jax.devices() if devices is None else list(devices)
     shape = list(shape)
     if len(shape) != len(axis_names):
@@ -50,6 +51,8 @@ def make_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES, devic
     if -1 in shape:
         known = math.prod(s for s in shape if s != -1)
         shape[shape.index(-1)] = len(devices) // known
+    if math.prod(shape) < len(devices) and jax.process_count() == 1:
+        devices = devices[:math.prod(shape)]  # a smaller mesh on one host: the first devices
     if math.prod(shape) != len(devices):
         raise ValueError(
             f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, but {len(devices)} are "

@@ -1,0 +1,214 @@
+"""The distillation engine: sharded steps, resume, checkpoints under SIGKILL, LoRA, pruning in the
+loop, learning, compilation count, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from jaxdistill.cli import main
+from jaxdistill.models import ModelConfig, forward, init_params, load_pretrained, logical_axes, make_mesh, shard_params
+from jaxdistill.models.lora import merge
+from jaxdistill.pruning import apply_masks, masked_forward
+from jaxdistill.run_config import load_run_config
+from jaxdistill.train import (Checkpoints, StepConfig, TrainingError, _device_batch, init_state, make_train_step,
+                              optimizer_state_bytes, run_distill, state_shardings)
+from tests.tiny_models import hf_logits
+
+TINY = ModelConfig(model_type="qwen3", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+                   num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True)
+
+
+def _batches(n, rows=8, length=16, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        tokens = rng.integers(0, 64, (rows, length)).astype(np.int32)
+        segments = np.ones_like(tokens)
+        segments[:, length // 2:] = 2
+        labels = np.roll(tokens, -1, 1)
+        labels[:, -1] = -1
+        labels[:, length // 2 - 1] = -1
+        out.append({"tokens": tokens, "segment_ids": segments, "labels": labels,
+                    "weights": (labels >= 0).astype(np.float32),
+                    "parts": np.where(labels >= 0, 3, 0).astype(np.int8)})
+    return out
+
+
+def _models(seed=0):
+    teacher = jax.tree.map(lambda x: x * 8 if x.ndim > 1 else x, init_params(TINY, jax.random.key(seed)))
+    student = init_params(TINY, jax.random.key(seed + 1))
+    return teacher, student
+
+
+def _run_steps(c, mesh_shape, n=5, masks=None):
+    mesh = make_mesh(mesh_shape)
+    teacher, student = _models()
+    axes = logical_axes(TINY)
+    teacher, student = shard_params(teacher, axes, mesh), shard_params(student, axes, mesh)
+    state = init_state(c, student, jax.random.key(2), masks=masks)
+    shardings = state_shardings(c, state, mesh)
+    state = jax.device_put(state, shardings)
+    step = make_train_step(c, shardings)
+    out = []
+    for batch in _batches(n):
+        state, metrics = step(state, teacher, _device_batch(batch, mesh))
+        out.append(float(metrics["loss"]))
+    return out, state, step
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2), (1, 4, 2)])
+def test_sharded_steps_equal_single_device(mesh_shape):
+    c = StepConfig(student=TINY, teacher=TINY, mode="logit", micro_batches=2, learning_rate=1e-2, total_steps=5)
+    single, _, _ = _run_steps(c, (1, 1, 1))
+    sharded, state, step = _run_steps(c, mesh_shape)
+    np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-6)
+    assert step._cache_size() == 1
+
+
+def test_learning_reduces_kl_to_teacher():
+    """Forward-KL distillation on a fixed synthetic set: the KL falls (smoothed over 10-step windows,
+    each window lower than the one before) and ends below half of the untrained student's."""
+    c = StepConfig(student=TINY, teacher=TINY, mode="logit", loss="divergence", learning_rate=3e-3,
+                   total_steps=60, warmup_steps=5, decay="constant")
+    teacher, student = _models(3)
+    state = init_state(c, student, jax.random.key(4))
+    step = make_train_step(c)
+    data = [{k: jnp.asarray(v) for k, v in b.items()} for b in _batches(4, seed=5)]
+    kl = []
+    for i in range(60):
+        state, metrics = step(state, teacher, data[i % 4])
+        kl.append(float(metrics["forward_kl"]))
+    windows = np.asarray(kl).reshape(6, 10).mean(1)
+    assert np.all(np.diff(windows) < 0), windows
+    assert windows[-1] < 0.5 * kl[0], (kl[0], windows)
+
+
+def test_lora_trains_adapters_only_and_merges(tmp_path):
+    c = StepConfig(student=TINY, teacher=TINY, mode="lora", loss="divergence", learning_rate=1e-2, total_steps=3,
+                   lora_alpha=16.0)
+    teacher, student = _models(6)
+    state = init_state(c, student, jax.random.key(7), lora_rank=4, lora_targets=("q", "v", "down"))
+    before = jax.tree.map(np.asarray, state)
+    step = make_train_step(c)
+    for batch in _batches(3, seed=8):
+        state, _ = step(state, teacher, {k: jnp.asarray(v) for k, v in batch.items()})
+    for a, b in zip(jax.tree.leaves(before["params"]), jax.tree.leaves(state["params"])):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    assert any(not np.array_equal(a, np.asarray(b))
+               for a, b in zip(jax.tree.leaves(before["lora"]), jax.tree.leaves(state["lora"])))
+    adapter_bytes = sum(x.nbytes for x in jax.tree.leaves(state["lora"]))
+    assert 2 * adapter_bytes <= optimizer_state_bytes(state) <= 2 * adapter_bytes + 64  # mu, nu (+ counters)
+    merged = merge(TINY, state["params"], state["lora"], alpha=16.0)
+    a = np.asarray(state["lora"]["down"]["a"][1], np.float64)
+    b = np.asarray(state["lora"]["down"]["b"][1], np.float64)
+    expected = np.asarray(student["layers"]["mlp"]["down"]["kernel"][1], np.float64) + 16.0 / 4 * a @ b
+    np.testing.assert_allclose(np.asarray(merged["layers"]["mlp"]["down"]["kernel"][1]), expected, rtol=1e-5, atol=1e-6)
+    from jaxdistill.models import save_pretrained
+
+    save_pretrained(TINY, merged, tmp_path / "merged")
+    tokens = np.random.default_rng(0).integers(0, 64, 12)
+    ours = np.asarray(forward(TINY, merged, jnp.asarray(tokens[None])))[0]
+    assert np.abs(ours - hf_logits(tmp_path / "merged", [tokens])[0]).max() <= 1e-4
+    full = StepConfig(student=TINY, teacher=TINY, mode="logit", total_steps=3)
+    assert optimizer_state_bytes(init_state(full, student, jax.random.key(0))) > 10 * optimizer_state_bytes(state)
+
+
+def test_vocab_mismatch():
+    with pytest.raises(TrainingError, match="teacher 128, student 64 — teacher and student must share a tokenizer"):
+        StepConfig(student=TINY, teacher=TINY.replace(vocab_size=128))
+
+
+# ------------------------------------------------------------------- the loop (run_distill)
+
+
+def _run(tmp_path, *overrides):
+    base = [f"run_dir={tmp_path}", "data.subsample=120", "data.max_len=40", "train.seq_len=80",
+            "train.batch_size=4", "teacher.prepare_steps=0", "teacher.model.hidden_size=32",
+            "teacher.model.intermediate_size=64", "teacher.model.num_layers=2", "teacher.model.head_dim=8",
+            "train.steps=10", "train.log_every=1", "train.checkpoint_every=5", "pruning.start=2",
+            "pruning.interval=3", "pruning.stages=2", "pruning.multiple=8", "pruning.calibration_batches=2",
+            "loss.chunk_size=64"]
+    return load_run_config(None, base + list(overrides), default="distill_demo.yaml")
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+    straight = run_distill(_run(tmp_path / "a"), log=lambda m: None)
+    assert straight["steps"] == 10
+    stopped = run_distill(_run(tmp_path / "b", "train.stop_at_step=5"), log=lambda m: None)
+    assert stopped["steps"] == 5 and not (tmp_path / "b" / "student").exists()
+    resumed = run_distill(_run(tmp_path / "b"), log=lambda m: None)
+    assert resumed["steps"] == 10
+    a = (tmp_path / "a" / "student" / "model.safetensors").read_bytes()
+    b = (tmp_path / "b" / "student" / "model.safetensors").read_bytes()
+    assert a == b
+
+
+def test_pruning_in_the_loop_keeps_zeros_and_exports(tmp_path):
+    run = _run(tmp_path, "pruning.final_ratio=0.4")
+    result = run_distill(run, log=lambda m: None)
+    records = [json.loads(line) for line in (tmp_path / "metrics-student.jsonl").read_text().splitlines()]
+    assert {r["step_compilations"] for r in records} == {1}  # no recompilation, across pruning stages
+    assert result["compression_ratio"]["total"] > 0.2
+    checkpoints = Checkpoints(tmp_path / "checkpoints-student")
+    step = checkpoints.latest_step()
+    restored = checkpoints.restore(step)[0]
+    params, masks = restored["params"], restored["masks"]
+    student_config = ModelConfig(model_type="qwen3", vocab_size=4096, hidden_size=32, intermediate_size=64,
+                                 num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True,
+                                 tie_word_embeddings=True)
+    for a, b in zip(jax.tree.leaves(apply_masks(student_config, params, masks)), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # pruned weights exactly zero
+    tokens = np.random.default_rng(1).integers(3, 4096, 20)
+    masked = np.asarray(masked_forward(student_config, params, masks, jnp.asarray(tokens[None])))[0]
+    assert np.abs(masked - hf_logits(tmp_path / "student", [tokens])[0]).max() <= 1e-4
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path):
+    run = _run(tmp_path, "optimizer.learning_rate=1.0e+30", "optimizer.clip_norm=1.0e+30", "optimizer.warmup_steps=3",
+               "pruning.final_ratio=null", "train.checkpoint_every=1")
+    with pytest.raises(TrainingError, match=r"the loss or the weights became non-finite at step (\d+); stopped. The last good checkpoint is step") as err:
+        run_distill(run, log=lambda m: None)
+    bad = int(err.value.args[0].split("step ")[1].split(";")[0])
+    checkpoints = Checkpoints(tmp_path / "checkpoints-student")
+    assert checkpoints.latest_step() == bad
+    state = checkpoints.restore(bad)[0]
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state["params"]))
+
+
+def test_unknown_config_key_lists_valid_keys(tmp_path):
+    result = CliRunner().invoke(main, ["distill", f"run_dir={tmp_path}", "train.stepz=3"])
+    assert result.exit_code == 2
+    assert "unknown config key 'train.stepz'; valid keys here: batch_size, checkpoint_every" in result.output
+
+
+def test_sigkill_during_checkpoint_save_keeps_previous(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal, jax, jax.numpy as jnp
+        from jaxdistill.train import Checkpoints
+        ck = Checkpoints({str(tmp_path / "ck")!r}, keep=3)
+        state = {{"w": jnp.arange(1000.0), "step": jnp.asarray(1)}}
+        ck.save(1, state, {{"epoch": 0}}, {{"run": 1}})
+        big = {{"w": jnp.ones((4096, 4096)), "step": jnp.asarray(2)}}
+        import orbax.checkpoint as ocp
+        ck.manager.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(big),
+                        data=ocp.args.JsonSave({{"epoch": 1}}), config=ocp.args.JsonSave({{"run": 2}})))
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == -signal.SIGKILL
+    checkpoints = Checkpoints(tmp_path / "ck")
+    assert checkpoints.latest_step() == 1
+    state = checkpoints.restore(1)[0]
+    np.testing.assert_array_equal(np.asarray(state["w"]), np.arange(1000.0))

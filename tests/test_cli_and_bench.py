@@ -100,3 +100,12 @@ def test_readme_test_command_is_what_ci_runs():
 def test_console_script_installed():
     out = subprocess.run(["jaxdistill", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "run" in out.stdout and "bench" in out.stdout
+
+
+def test_shipped_configs_validate():
+    """Every shipped run config is valid against its job's schema (keys and types)."""
+    from jaxdistill.cli import JOBS, _job
+
+    for path in [ROOT / "configs" / "finheadlinemix_qwen3.yaml"]:
+        config = load_run_config(path, default=JOBS[_job(path, [])])
+        assert config["job"] == "distill" and config["data"]["format"] == "blended"

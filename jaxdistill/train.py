@@ -373,7 +373,8 @@ def _step_config(run: dict, student: ModelConfig, teacher: ModelConfig | None, m
 
 
 def train_loop(c: StepConfig, state, teacher, iterator, mesh, run_dir: Path, *, steps: int, run: dict,
-               log=print, schedule=None, calibration=None, name: str = "student") -> tuple[dict, dict]:
+               log=print, schedule=None, calibration=None, name: str = "student",
+               teacher_cache=None) -> tuple[dict, dict]:
     """Steps `state` to `steps` with checkpoints, pruning stages, metrics; resumes from run_dir."""
     from tqdm import tqdm
 
@@ -413,7 +414,11 @@ def train_loop(c: StepConfig, state, teacher, iterator, mesh, run_dir: Path, *, 
             state = jax.device_put(reset_pruned_moments(c, dict(state, masks=new_masks)), shardings)
             log(f"{name}: step {step}: pruned to {dataclasses.asdict(targets)} (target ratio {schedule(step):.3f})")
         t0 = time.perf_counter()
-        state, metrics = step_fn(state, teacher, _device_batch(next(iterator), mesh))
+        batch = next(iterator)
+        if teacher_cache is not None:
+            targets = teacher_cache.targets(batch)
+            batch.update(target_ids=targets.ids, target_weights=targets.weights, target_self_term=targets.self_term)
+        state, metrics = step_fn(state, teacher, _device_batch(batch, mesh))
         if first_step_s is None:
             jax.block_until_ready(state["step"])
             first_step_s = time.perf_counter() - t0
@@ -488,8 +493,14 @@ def run_distill(run: dict, log=print) -> dict:
     scfg = run["student"]
     if scfg["path"]:
         student_config, params = load_pretrained(scfg["path"], mesh=mesh)
-    else:
+    elif scfg["init"] == "teacher":
         student_config, params = teacher_config, jax.tree.map(jnp.copy, teacher)
+    elif scfg["init"] == "random":
+        student_config = teacher_config
+        params = shard_params(init_params(student_config, jax.random.fold_in(key, 5)), logical_axes(student_config),
+                              mesh)
+    else:
+        raise TrainingError(f"student.init={scfg['init']!r}; valid: teacher, random")
     steps = run["train"]["steps"]
     c = _step_config(run, student_config, teacher_config, scfg["mode"], steps)
     state = init_state(c, params, jax.random.fold_in(key, 3), lora_rank=scfg["lora_rank"],
@@ -502,8 +513,19 @@ def run_distill(run: dict, log=print) -> dict:
         cal_iter = _iterator(run, examples, 200)
         calibration = [{k: jnp.asarray(v) for k, v in next(cal_iter).items() if k in ("tokens", "segment_ids")}
                        for _ in range(p["calibration_batches"])]
+    cache = None
+    if c.mode == "cached":
+        from jaxdistill.data import TargetSettings, build_teacher_cache
+
+        cache = build_teacher_cache(teacher_config, teacher, examples, run_dir / "teacher-cache",
+                                    format=run["data"]["format"], tokenizer_id=str(run["data"]["tokenizer"]),
+                                    settings=TargetSettings(method=scfg["cache_method"], k=scfg["cache_k"],
+                                                            temperature=run["loss"]["temperature"], seed=run["seed"]),
+                                    seq_len=run["train"]["seq_len"])
+        log(f"teacher cache: {cache.meta['positions']} supervised positions in {cache.path}")
     state, last = train_loop(c, state, teacher, _iterator(run, examples), mesh, run_dir, steps=steps, run=run,
-                             log=log, schedule=schedule, calibration=calibration, name="student")
+                             log=log, schedule=schedule, calibration=calibration, name="student",
+                             teacher_cache=cache)
     done = int(jax.device_get(state["step"]))
     result = {"phase": "student", "steps": done, "final": last, "data": counts,
               "optimizer_state_bytes": optimizer_state_bytes(state), "mode": c.mode}

@@ -494,9 +494,13 @@ def _pad_rows(x, n_pad: int, value=0):
 
 def fused_loss(loss: TokenLoss, student_hidden, student_head, tokens: dict[str, Array | None], *,
                teacher_hidden=None, teacher_head=None, teacher_targets: SparseTargets | None = None,
-               step=0, chunk_size: int = 1024, capacity: int | None = None
-               ) -> tuple[Array, dict[str, Array]]:
+               step=0, chunk_size: int = 1024, capacity: int | None = None,
+               coefficients: Coefficients | None = None) -> tuple[Array, dict[str, Array]]:
     """`evaluate(loss, h_S W_S, h_T W_T (or targets), tokens)` without materialising [N, V].
+
+    coefficients: per-position coefficients (arrays shaped like the tokens) computed elsewhere, e.g.
+    from a whole batch of which these tokens are one micro-batch, so that micro-batch losses add up
+    exactly to the whole batch's loss.
 
     student_hidden [..., d] (final-normed hidden states), student_head [d, V]; teacher likewise
     ([..., d_T], [d_T, V]) or `teacher_targets`. Positions are processed `chunk_size` at a time in a
@@ -533,7 +537,11 @@ def fused_loss(loss: TokenLoss, student_hidden, student_head, tokens: dict[str, 
     h_s = flat(student_hidden)
     tok = {k: flat(v) for k, v in tokens.items() if v is not None}
     tok["like"] = jnp.zeros((n,), jnp.bool_)
-    coefs = loss.coefficients(tok, step)
+    if coefficients is None:
+        coefs = loss.coefficients(tok, step)
+    else:
+        coefs = Coefficients({k: flat(v) for k, v in coefficients.loss.items()},
+                             {m: (k, flat(v)) for m, (k, v) in coefficients.metrics.items()}, coefficients.counts)
     teacher_in: dict[str, Any] = {}
     if loss.uses_teacher:
         if teacher_targets is not None:

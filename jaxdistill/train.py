@@ -112,8 +112,9 @@ def learning_rate_schedule(c: StepConfig) -> optax.Schedule:
         decay = optax.constant_schedule(c.learning_rate)
     if c.warmup_steps == 0:
         return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps), decay],
+    warm = optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps), decay],
                                 [c.warmup_steps])
+    return lambda step: warm(step + 1)  # the first step already learns: lr / warmup_steps
 
 
 def _decay_mask(tree) -> Any:
@@ -148,13 +149,17 @@ def student_params(c: StepConfig, params: Params, lora: Params, masks) -> Params
     return apply_masks(c.student, params, masks)
 
 
-def _loss(c: StepConfig, trainable, frozen, masks, teacher, batch, step):
+def _per_token(batch) -> dict:
+    return {"labels": batch["labels"], "weights": batch["weights"], "parts": batch["parts"]}
+
+
+def _loss(c: StepConfig, trainable, frozen, masks, teacher, batch, step, coefficients=None):
     params, lora = (frozen, trainable) if c.mode == "lora" else (trainable, {})
     sp = student_params(c, params, lora, masks)
     tokens, segments = batch["tokens"], batch["segment_ids"]
     h = hidden_states(c.student, sp, tokens, segment_ids=segments, hidden_mask=masks["hidden"])
     head = as_module(c.student, sp).head_kernel()
-    per_token = {"labels": batch["labels"], "weights": batch["weights"], "parts": batch["parts"]}
+    per_token = _per_token(batch)
     kwargs = {}
     if c.mode in ("logit", "lora"):
         kwargs["teacher_hidden"] = jax.lax.stop_gradient(
@@ -164,7 +169,7 @@ def _loss(c: StepConfig, trainable, frozen, masks, teacher, batch, step):
         kwargs["teacher_targets"] = losses.SparseTargets(batch["target_ids"], batch["target_weights"],
                                                          batch["target_self_term"])
     value, metrics = losses.fused_loss(c.token_loss(), h, head, per_token, step=step,
-                                       chunk_size=c.chunk_size, **kwargs)
+                                       chunk_size=c.chunk_size, coefficients=coefficients, **kwargs)
     return value, metrics
 
 
@@ -200,25 +205,35 @@ def make_train_step(c: StepConfig, shardings=None):
     def step(state, teacher, batch):
         trainable = state["lora"] if c.mode == "lora" else state["params"]
         tx = tx_holder.setdefault("tx", make_optimizer(c, trainable))
-        micro = jax.tree.map(lambda x: x.reshape(c.micro_batches, -1, *x.shape[1:]), batch)
+        # Coefficients from the whole batch, so micro-batch losses and gradients add up exactly to the
+        # whole batch's (each mean is over all of the batch's supervised tokens, not per micro-batch).
+        token_loss = c.token_loss()
+        tok = {**_per_token(batch), "like": jnp.zeros(batch["tokens"].shape, bool)}
+        coefs = token_loss.coefficients(tok, state["step"])
+        # Micro-batch m takes rows m, m + M, m + 2M, ...: every data shard contributes to every
+        # micro-batch, so no shard idles and nothing is gathered.
+        split = lambda x: jnp.swapaxes(x.reshape(-1, c.micro_batches, *x.shape[1:]), 0, 1)
+        micro = jax.tree.map(split, batch)
+        micro_coefs = (jax.tree.map(split, coefs.loss), {m: split(v) for m, (_, v) in coefs.metrics.items()})
+        term_of = {m: k for m, (k, _) in coefs.metrics.items()}
+        as_coefficients = lambda mc: losses.Coefficients(mc[0], {m: (term_of[m], v) for m, v in mc[1].items()}, {})
         grad_fn = jax.value_and_grad(_loss, argnums=1, has_aux=True)
 
-        def accumulate(carry, mb):
+        def accumulate(carry, xs):
             grads_sum, loss_sum, metrics_sum = carry
+            mb, mc = xs
             (value, metrics), grads = grad_fn(c, trainable, state["params"], state["masks"], teacher, mb,
-                                              state["step"])
+                                              state["step"], as_coefficients(mc))
             return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + value,
                     jax.tree.map(jnp.add, metrics_sum, metrics)), None
 
-        first = jax.tree.map(lambda x: x[0], micro)
+        first = jax.tree.map(lambda x: x[0], (micro, micro_coefs))
         metrics_shape = jax.eval_shape(lambda: _loss(c, trainable, state["params"], state["masks"], teacher,
-                                                     first, state["step"])[1])
+                                                     first[0], state["step"], as_coefficients(first[1]))[1])
         zeros = (jax.tree.map(jnp.zeros_like, trainable), jnp.zeros((), jnp.float32),
                  jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape))
-        (grads, loss, metrics), _ = jax.lax.scan(accumulate, zeros, micro)
-        scale = 1.0 / c.micro_batches
-        grads = jax.tree.map(lambda g: g * scale, grads)
-        loss, metrics = loss * scale, jax.tree.map(lambda m: m * scale, metrics)
+        (grads, loss, metrics), _ = jax.lax.scan(accumulate, zeros, (micro, micro_coefs))
+        metrics = {**metrics, **coefs.counts}
         updates, opt_state = tx.update(grads, state["opt_state"], trainable)
         trainable = optax.apply_updates(trainable, updates)
         new = dict(state, opt_state=opt_state, step=state["step"] + 1)
@@ -226,7 +241,8 @@ def make_train_step(c: StepConfig, shardings=None):
             new["lora"] = trainable
         else:
             new["params"] = apply_masks(c.student, trainable, state["masks"])
-        bad = ~jnp.isfinite(loss) | ~jnp.isfinite(optax.tree.norm(trainable))
+        finite_weights = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trainable)]))
+        bad = ~jnp.isfinite(loss) | ~finite_weights
         new["first_bad_step"] = jnp.where((state["first_bad_step"] < 0) & bad, state["step"],
                                           state["first_bad_step"])
         metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
@@ -238,8 +254,8 @@ def make_train_step(c: StepConfig, shardings=None):
 
 def reset_pruned_moments(c: StepConfig, state) -> dict[str, Any]:
     """Zero the pruned structures' weights and their optimizer moments (after a pruning stage)."""
-    if c.mode == "lora":
-        return state
+    if c.mode == "lora":  # the frozen weights are zeroed too, so the saved state matches the masks
+        return dict(state, params=apply_masks(c.student, state["params"], state["masks"]))
     keep = apply_masks(c.student, jax.tree.map(jnp.ones_like, state["params"]), state["masks"])
     trainable_tx = make_optimizer(c, state["params"])
     opt_state = optax.tree_map_params(trainable_tx, lambda m, k: m * k.astype(m.dtype),
@@ -266,12 +282,13 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(
             Path(directory).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
-    def save(self, step: int, state, data_state: dict, config: dict) -> None:
+    def save(self, step: int, state, data_state: dict, config: dict, *, wait: bool = True) -> None:
         ocp = self.ocp
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
             config=ocp.args.JsonSave(config)))
-        self.manager.wait_until_finished()
+        if wait:
+            self.manager.wait_until_finished()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -383,20 +400,25 @@ def train_loop(c: StepConfig, state, teacher, iterator, mesh, run_dir: Path, *, 
 
     t = run["train"]
     checkpoints = Checkpoints(run_dir / f"checkpoints-{name}", keep=t["keep_checkpoints"])
-    latest = checkpoints.latest_step()
-    if latest is not None:
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-                                state)
-        state, data_state, _ = checkpoints.restore(latest, abstract)
-        iterator.restore(data_state)
-        log(f"{name}: resumed from step {latest}")
     shardings = state_shardings(c, state, mesh)
     state = jax.device_put(state, shardings)
+    metrics_path = run_dir / f"metrics-{name}.jsonl"
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        state, data_state, _ = checkpoints.restore(latest, abstract)
+        iterator.restore(data_state)
+        if metrics_path.exists():  # drop records of steps after the checkpoint (they are redone)
+            kept = [line for line in metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= latest]
+            metrics_path.write_text("".join(line + "\n" for line in kept))
+        log(f"{name}: resumed from step {latest}")
     step_fn = make_train_step(c, shardings)
+    live_teacher = teacher if c.mode in ("logit", "lora") else {}
     tokens_per_step = t["batch_size"] * t["seq_len"]
     flops = step_flops(c, tokens_per_step, t["seq_len"])
     peak, peak_source = peak_flops(c.student, tokens_per_step)
-    metrics_log = MetricsLog(run_dir / f"metrics-{name}.jsonl")
+    metrics_log = MetricsLog(metrics_path)
     stage_steps = set(schedule.stage_steps()) if schedule else set()
     start = int(jax.device_get(state["step"]))
     stop_at = t["stop_at_step"]
@@ -418,7 +440,7 @@ def train_loop(c: StepConfig, state, teacher, iterator, mesh, run_dir: Path, *, 
         if teacher_cache is not None:
             targets = teacher_cache.targets(batch)
             batch.update(target_ids=targets.ids, target_weights=targets.weights, target_self_term=targets.self_term)
-        state, metrics = step_fn(state, teacher, _device_batch(batch, mesh))
+        state, metrics = step_fn(state, live_teacher, _device_batch(batch, mesh))
         if first_step_s is None:
             jax.block_until_ready(state["step"])
             first_step_s = time.perf_counter() - t0
@@ -436,8 +458,8 @@ def train_loop(c: StepConfig, state, teacher, iterator, mesh, run_dir: Path, *, 
                                     f"{checkpoints.manager.directory}")
         if done % t["log_every"] == 0 or done == steps:
             last = host_metrics(metrics)
-            elapsed = time.perf_counter() - window_start
-            step_s = elapsed / max(window_steps, 1)
+            # steady-state time per step over the window (the first, compiling step counts alone)
+            step_s = (time.perf_counter() - window_start) / window_steps if window_steps else first_step_s
             record = {"step": done, **last, "step_time_s": step_s, "first_step_s": first_step_s,
                       "step_compilations": step_fn._cache_size(),
                       "tokens_per_s": tokens_per_step / step_s,

@@ -145,7 +145,7 @@ class TeacherCache:
                                      f"{cols.size} positions, the cache holds {self.offsets[e + 1] - self.offsets[e]}"
                                      " — the batch was built with another format or data")
                 ids[b, cols], weights[b, cols], self_term[b, cols] = self.ids[rows], self.weights[rows], self.self_term[rows]
-        return SparseTargets(jnp.asarray(ids), jnp.asarray(weights), jnp.asarray(self_term))
+        return SparseTargets(ids, weights, self_term)  # host arrays: the caller places them
 
 
 def build_teacher_cache(config: ModelConfig, params: Params, examples: list[Example], root, *,

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from jaxdistill.cli import main
-from jaxdistill.models import ModelConfig, forward, init_params, load_pretrained, logical_axes, make_mesh, shard_params
+from jaxdistill.models import ModelConfig, forward, init_params, logical_axes, make_mesh, shard_params
 from jaxdistill.models.lora import merge
 from jaxdistill.pruning import apply_masks, masked_forward
 from jaxdistill.run_config import load_run_config

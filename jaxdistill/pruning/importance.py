@@ -70,7 +70,7 @@ def _activation_batch(config: ModelConfig, params: Params, masks: Masks, batch):
 def _structure_sums(config: ModelConfig, elem: Params) -> dict[str, jnp.ndarray]:
     """Sum an elementwise score tree over each structure's weights."""
     c = config
-    L, K, G, d = c.num_layers, c.num_kv_heads, c.num_heads // c.num_kv_heads, c.hidden_size
+    L, K, G = c.num_layers, c.num_kv_heads, c.num_heads // c.num_kv_heads
     lp, attn = elem["layers"], elem["layers"]["attn"]
     head = (attn["q"]["kernel"].sum((1, 3)) + attn["o"]["kernel"].sum((2, 3))
             + (attn["q"]["bias"].sum(2) if "bias" in attn["q"] else 0.0))              # [L, H]

@@ -112,9 +112,9 @@ def learning_rate_schedule(c: StepConfig) -> optax.Schedule:
         decay = optax.constant_schedule(c.learning_rate)
     if c.warmup_steps == 0:
         return decay
-    warm = optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps), decay],
-                                [c.warmup_steps])
-    return lambda step: warm(step + 1)  # the first step already learns: lr / warmup_steps
+    # warm-up lr/w, 2 lr/w, ..., lr over steps 0..w-1 (the first step already learns), then decay
+    warmup = optax.linear_schedule(c.learning_rate / c.warmup_steps, c.learning_rate, c.warmup_steps - 1)
+    return optax.join_schedules([warmup, decay], [c.warmup_steps])
 
 
 def _decay_mask(tree) -> Any:

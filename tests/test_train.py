@@ -242,9 +242,10 @@ def test_micro_batches_add_up_to_the_whole_batch():
         assert out[micro][0] == pytest.approx(out[1][0], rel=1e-6)
         assert out[micro][1] == pytest.approx(out[1][1], rel=1e-5)
         for a, b in zip(jax.tree.leaves(out[micro][2]), jax.tree.leaves(out[1][2])):
-            # Adam divides by sqrt(v): where a gradient is ~0, float rounding moves the update by
-            # up to ~1e-7 of the 1e-2 learning rate.
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+            # The gradients agree to float rounding (grad_norm above); Adam's m / (sqrt(v) + eps)
+            # turns a rounding-level gradient difference into up to ~1e-3 of the 1e-2 step where
+            # |g| is near eps, so the weights are compared at 1e-5.
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
 def test_schedule_and_weight_decay_mask():
@@ -254,7 +255,7 @@ def test_schedule_and_weight_decay_mask():
                    total_steps=14, decay="linear")
     lr = [float(learning_rate_schedule(c)(s)) for s in range(14)]
     np.testing.assert_allclose(lr[:4], [0.25, 0.5, 0.75, 1.0])
-    assert lr[4] < 1.0 and lr[-1] == pytest.approx(0.1, abs=1e-6)
+    np.testing.assert_allclose(lr[4:], [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1], rtol=1e-6)
     mask = _decay_mask(init_params(TINY, jax.random.key(0)))
     assert mask["embed"] and mask["layers"]["attn"]["q"]["kernel"] and mask["layers"]["mlp"]["down"]["kernel"]
     assert not mask["layers"]["attn_norm"]["scale"] and not mask["final_norm"]["scale"]

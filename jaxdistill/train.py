@@ -426,6 +426,7 @@ def train_loop(c: StepConfig, state, teacher, iterator, mesh, run_dir: Path, *, 
     window_start, window_steps, first_step_s, last = time.perf_counter(), 0, None, {}
     for step in range(start, steps):
         if step in stage_steps:
+            stage_start = time.perf_counter()
             masks_before = state["masks"]
             current = student_params(c, state["params"], state["lora"], state["masks"])
             scores = importance(c.student, current, calibration, method=run["pruning"]["method"],
@@ -435,6 +436,7 @@ def train_loop(c: StepConfig, state, teacher, iterator, mesh, run_dir: Path, *, 
                                           multiple=run["pruning"]["multiple"])
             state = jax.device_put(reset_pruned_moments(c, dict(state, masks=new_masks)), shardings)
             log(f"{name}: step {step}: pruned to {dataclasses.asdict(targets)} (target ratio {schedule(step):.3f})")
+            window_start += time.perf_counter() - stage_start  # step times exclude the pruning stage
         t0 = time.perf_counter()
         batch = next(iterator)
         if teacher_cache is not None:

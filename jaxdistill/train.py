@@ -200,11 +200,10 @@ def make_train_step(c: StepConfig, shardings=None):
     """The compiled step: (state, teacher_params, batch) -> (state, metrics). `batch` arrays are
     [micro_batches * rows, T]; the state is donated. With `shardings` (from `state_shardings`) the
     new state keeps exactly the input placement, so the step compiles once."""
-    tx_holder = {}
 
     def step(state, teacher, batch):
         trainable = state["lora"] if c.mode == "lora" else state["params"]
-        tx = tx_holder.setdefault("tx", make_optimizer(c, trainable))
+        tx = make_optimizer(c, trainable)  # built at trace time: part of the compiled step
         # Coefficients from the whole batch, so micro-batch losses and gradients add up exactly to the
         # whole batch's (each mean is over all of the batch's supervised tokens, not per micro-batch).
         token_loss = c.token_loss()

@@ -16,8 +16,8 @@ import jax
 
 from jaxdistill.data import BatchIterator, Template, build_teacher_cache, encode_dataset, load_source, load_tokenizer
 from jaxdistill.data.teacher_cache import TargetSettings
-from jaxdistill.generate import SamplingSettings, generate
 from jaxdistill.models import ModelConfig, init_params
+from jaxdistill.sample import SamplingSettings, generate
 
 MODEL = ModelConfig(model_type="qwen3", vocab_size=4096, hidden_size=256, intermediate_size=768, num_layers=4,
                     num_heads=8, num_kv_heads=2, head_dim=32, qk_norm=True, tie_word_embeddings=True)

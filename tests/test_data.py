@@ -10,13 +10,14 @@ import pytest
 
 from jaxdistill import losses
 from jaxdistill.data import (BatchIterator, DataError, Template, attach_traces, build_rows, build_teacher_cache,
-                             encode_dataset, encode_example, load_source, load_tokenizer, load_traces,
-                             pack_rows, packing_efficiency, parse_answer, stratified_split, stratified_subsample)
+                             completion_text, encode_dataset, encode_example, generate_traces, load_source,
+                             load_tokenizer, load_traces, pack_rows, packing_efficiency, parse_answer,
+                             stratified_split, stratified_subsample)
 from jaxdistill.data.teacher_cache import TargetSettings, targets_from_logits
 from jaxdistill.data.tokenizer import train_bpe
-from jaxdistill.generate import SamplingSettings, generate, generate_traces
-from jaxdistill.losses import ANSWER, PROMPT, TRACE
 from jaxdistill.models import ModelConfig, forward, init_params
+from jaxdistill.parts import ANSWER, PROMPT, TRACE
+from jaxdistill.sample import SamplingSettings, generate
 
 
 @pytest.fixture(scope="module")
@@ -352,7 +353,6 @@ def test_cache_key_and_progress_guards(bpe, finance, tmp_path):
 
 def test_completion_keeps_think_boundaries_and_rows_sample_independently(bpe):
     from jaxdistill.data.traces import split_completion
-    from jaxdistill.generate import completion_text
 
     ids = bpe("<think>\nrates went up\n</think>\n\nFed | Central Banks", add_special_tokens=False)["input_ids"]
     text = completion_text(bpe, ids + [bpe.eos_token_id])

@@ -90,6 +90,37 @@ def test_capacity_skips_unsupervised_positions(name):
     assert float(too_small[0][1]["dropped_tokens"]) == 3.0
 
 
+@pytest.mark.parametrize("name", ["forward_kl", "blended"])
+def test_micro_batch_coefficients_add_up_to_the_whole_batch(name):
+    """Whole-batch coefficients split by rows with one tree_map: the micro-batch values, metric sums
+    and gradients add up to the whole batch's (unfused); metrics then hold no counts."""
+    loss, which = LOSSES[name]
+    x = _inputs(6)
+    tokens = {"weights": jnp.ones((B, T)), **_tokens(x, which)}
+    coefs, counts = loss.coefficients(tokens, 4)
+    (value_ref, metrics_ref), grads_ref = jax.value_and_grad(
+        lambda hs, ws: L.fused_reference(loss, hs, ws, tokens, teacher_hidden=x["ht"], teacher_head=x["wt"],
+                                         step=4), argnums=(0, 1), has_aux=True)(x["hs"], x["ws"])
+    value, metrics, grad_ws = 0.0, {}, 0.0
+    for rows in (slice(0, 1), slice(1, 2)):
+        part = lambda a: a[rows]
+        (v, m), (g_hs, g_ws) = jax.value_and_grad(
+            lambda hs, ws: L.fused_loss(loss, hs, ws, jax.tree.map(part, tokens), teacher_hidden=part(x["ht"]),
+                                        teacher_head=x["wt"], chunk_size=5,
+                                        coefficients=jax.tree.map(part, coefs)),
+            argnums=(0, 1), has_aux=True)(part(x["hs"]), x["ws"])
+        assert set(m) == set(coefs.metrics)
+        value, grad_ws = value + v, grad_ws + g_ws
+        metrics = {k: metrics.get(k, 0.0) + m[k] for k in m}
+        np.testing.assert_allclose(np.asarray(g_hs), np.asarray(grads_ref[0][rows]), rtol=1e-5, atol=1e-7)
+    assert float(value) == pytest.approx(float(value_ref), rel=1e-5)
+    for k in metrics:
+        assert float(metrics[k]) == pytest.approx(float(metrics_ref[k]), rel=1e-5, abs=1e-7), k
+    for k in counts:
+        assert float(counts[k]) == pytest.approx(float(metrics_ref[k])), k
+    np.testing.assert_allclose(np.asarray(grad_ws), np.asarray(grads_ref[1]), rtol=1e-5, atol=1e-6)
+
+
 def test_fused_with_sparse_teacher_targets():
     x = _inputs(2)
     teacher_logits = jnp.einsum("btd,dv->btv", x["ht"], x["wt"])

@@ -294,3 +294,67 @@ def test_out_of_range_labels_and_ignored_answer_tokens():
     value, metrics = L.blended_cot_loss(s, None, labels, parts, config=L.BlendedCoT.label_only())
     assert float(metrics["answer_tokens"]) == 3.0
     assert float(value) == pytest.approx(float(L.cross_entropy(s, labels)), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------ loss specs
+
+
+def test_loss_specs_match_float64_reference():
+    """LossConfig(kind="divergence") is the divergence alone over weighted positions, and
+    scale_by_t2 multiplies the blended loss's divergence coefficient by tau^2."""
+    rng = np.random.default_rng(13)
+    s = rng.normal(0, 2, (B, T, V)).astype(np.float32)
+    t = rng.normal(0, 2, (B, T, V)).astype(np.float32)
+    labels = rng.integers(0, V, (B, T))
+    parts = rng.integers(0, 4, (B, T))
+    w = _weights(14)
+    config = L.LossConfig(kind="divergence", divergence="jsd", beta=0.3, temperature=2.0, scale_by_t2=True)
+    value, metrics = L.evaluate(config.token_loss(), jnp.asarray(s), jnp.asarray(t), {"weights": jnp.asarray(w)})
+    jsd_mean = ref.weighted_mean(ref.divergence(s, t, "jsd", 2.0, beta=0.3), w)
+    assert float(value) == pytest.approx(4.0 * jsd_mean, rel=1e-5)
+    assert float(metrics["jsd"]) == pytest.approx(jsd_mean, rel=1e-5) and float(metrics["tokens"]) == w.sum()
+    blended = L.BlendedCoT(w_trace_ce=0.5, w_kl=2.0, temperature=2.0, scale_by_t2=True)
+    value, _ = L.blended_cot_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(labels), jnp.asarray(parts),
+                                  config=blended)
+    ce = ref.cross_entropy(s, labels)
+    kl = ref.weighted_mean(ref.divergence(s, t, "forward_kl", 2.0), (parts == 2) | (parts == 3))
+    expected = ref.weighted_mean(ce, parts == 3) + 0.5 * ref.weighted_mean(ce, parts == 2) + 4.0 * 2.0 * kl
+    assert float(value) == pytest.approx(expected, rel=1e-5)
+    smoothed, _ = L.evaluate(L.CrossEntropyLoss(0.1).token_loss(), jnp.asarray(s), None,
+                             {"labels": jnp.asarray(labels), "weights": jnp.asarray(w)})
+    assert float(smoothed) == pytest.approx(ref.weighted_mean(ref.cross_entropy(s, labels, 0.1), w), rel=1e-5)
+
+
+def test_loss_specs_are_static_and_say_whether_they_use_the_teacher():
+    assert hash(L.LossConfig()) == hash(L.LossConfig()) and L.LossConfig() != L.BlendedCoT()
+    assert L.LossConfig(kind="divergence", w_kl=0.0).uses_teacher and not L.LossConfig(w_kl=0.0).uses_teacher
+    assert L.DivergenceLoss().uses_teacher and not L.CrossEntropyLoss().uses_teacher
+    assert L.LossConfig(kind="divergence").token_loss().uses_teacher
+
+
+@pytest.mark.parametrize("spec, kwargs, message", [
+    (L.LossConfig, dict(kind="kd"), "kind='kd'; valid: blended, divergence"),
+    (L.LossConfig, dict(chunk_size=0), r"chunk_size=0: must be >= 1"),
+    (L.LossConfig, dict(temperature=0.0), r"temperature=0.0: must be > 0"),
+    (L.LossConfig, dict(label_smoothing=1.0), r"label_smoothing=1.0: must be in \[0, 1\)"),
+    (L.DivergenceLoss, dict(divergence="kl"), "divergence='kl'; valid: forward_kl, reverse_kl, jsd"),
+    (L.DivergenceLoss, dict(divergence="jsd", beta=1.5), "beta=1.5: JSD needs 0 <= beta <= 1"),
+    (L.DivergenceLoss, dict(divergence="skew_forward_kl", alpha=1.0), "alpha=1.0: skew KL needs 0 <= alpha < 1"),
+    (L.CrossEntropyLoss, dict(label_smoothing=-0.1), r"label_smoothing=-0.1: must be in \[0, 1\)"),
+])
+def test_loss_spec_errors_name_value_and_valid_choices(spec, kwargs, message):
+    with pytest.raises(L.LossInputError, match=message):
+        spec(**kwargs)
+
+
+def test_coefficients_tree_map_keeps_term_names_static():
+    labels = jnp.asarray([[1, 2, -1, 3], [0, 1, 2, 3]])
+    parts = jnp.asarray([[1, 2, 3, 3], [0, 2, 2, 3]])
+    tokens = {"labels": labels, "parts": parts, "weights": jnp.ones((2, 4))}
+    coefs, counts = L.BlendedCoT().token_loss().coefficients(tokens, 0)
+    assert coefs.metric_terms == (("ce_answer", "ce"), ("ce_trace", "ce"), ("kl", "div"))
+    assert len(jax.tree.leaves(coefs)) == 5 and float(counts["answer_tokens"]) == 2.0
+    halves = jax.tree.map(lambda c: c[:, :2], coefs)
+    assert isinstance(halves, L.Coefficients) and halves.metric_terms == coefs.metric_terms
+    np.testing.assert_allclose(np.asarray(coefs.metrics["ce_answer"]), [[0, 0, 0, 0.5], [0, 0, 0, 0.5]])
+    np.testing.assert_allclose(np.asarray(coefs.metrics["ce_trace"]), [[0, 1 / 3, 0, 0], [0, 1 / 3, 1 / 3, 0]])

@@ -6,10 +6,10 @@ from jaxdistill.data.sources import (ClassificationData, DataError, load_source,
                                      stratified_subsample)
 from jaxdistill.data.teacher_cache import TargetSettings, TeacherCache, build_teacher_cache
 from jaxdistill.data.tokenizer import load_tokenizer, train_bpe
-from jaxdistill.data.traces import attach_traces, load_traces
+from jaxdistill.data.traces import attach_traces, completion_text, generate_traces, load_traces
 
-__all__ = ["FORMATS", "BatchIterator", "BatchingError", "ClassificationData", "DataError", "Example", "TargetSettings",
-           "TeacherCache", "Template", "attach_traces", "build_rows", "build_teacher_cache",
-           "encode_dataset", "encode_example", "load_source", "load_tokenizer",
-           "load_traces", "pack_rows", "packing_efficiency", "parse_answer", "stratified_split",
-           "stratified_subsample", "train_bpe"]
+__all__ = ["FORMATS", "BatchIterator", "BatchingError", "ClassificationData", "DataError", "Example",
+           "TargetSettings", "TeacherCache", "Template", "attach_traces", "build_rows", "build_teacher_cache",
+           "completion_text", "encode_dataset", "encode_example", "generate_traces", "load_source",
+           "load_tokenizer", "load_traces", "pack_rows", "packing_efficiency", "parse_answer",
+           "stratified_split", "stratified_subsample", "train_bpe"]

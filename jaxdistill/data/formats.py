@@ -4,7 +4,7 @@
     cot      prompt -> reasoning trace -> answer
     blended  as cot (the blended loss adds a teacher divergence over trace + answer tokens)
 
-Parts use the loss module's ids: PROMPT=1, TRACE=2, ANSWER=3 (0 is padding). With a chat tokenizer
+Parts use the ids of `jaxdistill.parts`: PROMPT=1, TRACE=2, ANSWER=3 (0 is padding). With a chat tokenizer
 the prompt is `apply_chat_template([system?, user], add_generation_prompt=True)` and the trace is
 wrapped Qwen3-style in `<think>\\n...\\n</think>\\n\\n`; the answer ends with the tokenizer's EOS
 token. Over-long examples lose prompt tokens from the left (the end of the prompt, next to the
@@ -19,7 +19,7 @@ from collections import Counter
 
 import numpy as np
 
-from jaxdistill.losses import ANSWER, PROMPT, TRACE
+from jaxdistill.parts import ANSWER, PROMPT, TRACE
 
 FORMATS = ("label", "cot", "blended")
 
@@ -61,7 +61,10 @@ def loss_weights(parts: np.ndarray, format: str) -> np.ndarray:
     return supervised.astype(np.float32)
 
 
-def _prompt_text(tokenizer, template: Template, text: str, label_names) -> tuple[str, bool]:
+def prompt_text(tokenizer, template: Template, text: str, label_names) -> tuple[str, bool]:
+    """(the prompt's text, whether the tokenizer's chat template made it): the instruction with
+    `{text}` and `{labels}` filled in, as a chat user turn (after an optional system turn) up to the
+    assistant's generation prompt, or without a chat template `system + instruction + plain_separator`."""
     user = template.instruction.format(text=text, labels=", ".join(label_names))
     if template.use_chat_template and getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": template.system}] if template.system else [])
@@ -85,8 +88,8 @@ def encode_example(tokenizer, text: str, label: int, label_names, *, format: str
     if format != "label" and not trace:
         counts["dropped_missing_trace"] += 1
         return None
-    prompt_text, chat = _prompt_text(tokenizer, template, text, label_names)
-    prompt = _ids(tokenizer, prompt_text)
+    prompt_string, chat = prompt_text(tokenizer, template, text, label_names)
+    prompt = _ids(tokenizer, prompt_string)
     if not chat and getattr(tokenizer, "bos_token_id", None) is not None and tokenizer.bos_token is not None:
         prompt = [tokenizer.bos_token_id] + prompt
     trace_ids = [] if format == "label" else _ids(tokenizer, template.think_open + trace.strip()

@@ -34,7 +34,7 @@ from jaxdistill.losses import SparseTargets, sampled_targets, topk_targets
 from jaxdistill.models import ModelConfig, forward
 from jaxdistill.models.transformer import Params
 
-METHODS = ("sample", "topk")
+TARGET_METHODS = ("sample", "topk")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +46,8 @@ class TargetSettings:
     seed: int = 0
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"target method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.method not in TARGET_METHODS:
+            raise ValueError(f"target method {self.method!r}; valid: {', '.join(TARGET_METHODS)}")
         if self.k < 1:
             raise ValueError(f"k={self.k}: must be >= 1")
 

@@ -1,5 +1,7 @@
-"""Reasoning traces produced elsewhere (e.g. vLLM) or by `generate.generate_traces`: import from
-JSONL and attach to a data set, with a policy for traces whose answer disagrees with the gold label.
+"""Reasoning traces: written by the teacher with `generate_traces` (the `jaxdistill.sample`
+sampler over a data set's prompts, to resumable JSONL) or produced elsewhere (e.g. vLLM), then
+imported from JSONL and attached to a data set, with a policy for traces whose answer disagrees
+with the gold label.
 
 A record has `trace` (or a `completion` holding `<think>trace</think> answer`), optionally
 `answer`, and `id` (index into the data) or `text` (matched to the input text).
@@ -11,12 +13,16 @@ dropped). Examples without a trace are dropped. Every case is counted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
 
-from jaxdistill.data.formats import Template, parse_answer
+from jaxdistill.data.formats import Template, parse_answer, prompt_text
 from jaxdistill.data.sources import ClassificationData, DataError
+from jaxdistill.models import ModelConfig
+from jaxdistill.models.transformer import Params
+from jaxdistill.sample import SamplingSettings, generate
 
 POLICIES = ("keep", "drop", "relabel")
 
@@ -39,6 +45,50 @@ def split_completion(completion: str, template: Template = Template()) -> str:
     if close_tag in completion:
         return completion.split(close_tag, 1)[0].replace(open_tag, "").strip()
     return ""
+
+
+def completion_text(tokenizer, ids) -> str:
+    """Decoded completion, keeping special tokens such as <think> (which carry the trace's
+    boundaries) and dropping only EOS and padding."""
+    drop = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    return tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False)
+
+
+def generate_traces(config: ModelConfig, params: Params, tokenizer, data: ClassificationData, path, *,
+                    teacher_id: str, template: Template | None = None,
+                    settings: SamplingSettings = SamplingSettings(), batch_size: int = 8) -> dict[str, int]:
+    """Teacher completions (reasoning trace + answer) for every example of a `ClassificationData`,
+    written as JSONL (`id`, `text`, `gold`, `completion`, `trace`, `answer`, provenance). Resumable:
+    finished batches are appended to `path + ".partial"` and skipped on a restart; the file is
+    renamed to `path` when complete. Returns counts: generated, skipped_done, unparsable."""
+    template = template or Template()
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    done_ids = set()
+    if partial.exists():
+        done_ids = {json.loads(line)["id"] for line in partial.read_text().splitlines() if line.strip()}
+    provenance = {"teacher": teacher_id, "sampling": dataclasses.asdict(settings)}
+    counts = {"generated": 0, "skipped_done": len(done_ids), "unparsable": 0}
+    todo = [i for i in range(len(data)) if i not in done_ids]
+    with open(partial, "a") as out:
+        for start in range(0, len(todo), batch_size):
+            ids = todo[start:start + batch_size]
+            prompts = [tokenizer(prompt_text(tokenizer, template, data.texts[i], data.label_names)[0],
+                                 add_special_tokens=False)["input_ids"] for i in ids]
+            completions = generate(config, params, prompts, settings,
+                                   pad_id=tokenizer.pad_token_id or 0, row_ids=ids)
+            for i, completion_ids in zip(ids, completions):
+                text = completion_text(tokenizer, completion_ids)
+                answer = parse_answer(text, data.label_names, template)
+                counts["unparsable"] += answer is None
+                out.write(json.dumps({"id": i, "text": data.texts[i], "gold": data.label_names[data.labels[i]],
+                                      "completion": text, "trace": split_completion(text, template),
+                                      "answer": None if answer is None else data.label_names[answer],
+                                      **provenance}) + "\n")
+                counts["generated"] += 1
+            out.flush()
+    partial.replace(path)
+    return counts
 
 
 def attach_traces(data: ClassificationData, records: list[dict], *, policy: str = "drop",

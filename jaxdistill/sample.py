@@ -1,4 +1,5 @@
-"""Jitted KV-cache sampling for any model of the family (teacher reasoning traces).
+"""Jitted KV-cache sampling for any model of the family: a pure sampler (token ids in, token ids
+out; no files, no data formats — `data.traces.generate_traces` turns it into a trace writer).
 
 `generate` left-pads a batch of prompts of different lengths, fills the cache with one prefill
 pass, then samples `max_new_tokens` tokens in a `lax.scan` (one compiled program: no recompilation
@@ -11,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -116,50 +115,3 @@ def generate(config: ModelConfig, params: Params, prompts: Sequence[Sequence[int
                                             jnp.asarray(row_ids), settings, pad_id))
     return [row[:n].tolist() for row, n in zip(out, lengths)]
 
-
-def completion_text(tokenizer, ids) -> str:
-    """Decoded completion, keeping special tokens such as <think> (which carry the trace's
-    boundaries) and dropping only EOS and padding."""
-    drop = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
-    return tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False)
-
-
-def generate_traces(config: ModelConfig, params: Params, tokenizer, data, path, *, teacher_id: str,
-                    template=None, settings: SamplingSettings = SamplingSettings(), batch_size: int = 8,
-                    ) -> dict[str, int]:
-    """Teacher completions (reasoning trace + answer) for every example of a `ClassificationData`,
-    written as JSONL (`id`, `text`, `gold`, `completion`, `trace`, `answer`, provenance). Resumable:
-    finished batches are appended to `path + ".partial"` and skipped on a restart; the file is
-    renamed to `path` when complete."""
-    from jaxdistill.data.formats import Template, _prompt_text, parse_answer
-    from jaxdistill.data.traces import split_completion
-
-    template = template or Template()
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    done_ids = set()
-    if partial.exists():
-        done_ids = {json.loads(line)["id"] for line in partial.read_text().splitlines() if line.strip()}
-    provenance = {"teacher": teacher_id, "sampling": dataclasses.asdict(settings)}
-    counts = {"generated": 0, "skipped_done": len(done_ids), "unparsable": 0}
-    todo = [i for i in range(len(data)) if i not in done_ids]
-    with open(partial, "a") as out:
-        for start in range(0, len(todo), batch_size):
-            ids = todo[start:start + batch_size]
-            prompts = [tokenizer(_prompt_text(tokenizer, template, data.texts[i], data.label_names)[0],
-                                 add_special_tokens=False)["input_ids"] for i in ids]
-            completions = generate(config, params, prompts, settings,
-                                   pad_id=tokenizer.pad_token_id or 0, row_ids=ids)
-            for i, completion_ids in zip(ids, completions):
-                text = completion_text(tokenizer, completion_ids)
-                answer = parse_answer(text, data.label_names, template)
-                counts["unparsable"] += answer is None
-                trace = split_completion(text, template)
-                out.write(json.dumps({"id": i, "text": data.texts[i], "gold": data.label_names[data.labels[i]],
-                                      "completion": text, "trace": trace,
-                                      "answer": None if answer is None else data.label_names[answer],
-                                      **provenance}) + "\n")
-                counts["generated"] += 1
-            out.flush()
-    partial.replace(path)
-    return counts

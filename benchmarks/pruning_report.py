@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.models import ModelConfig, forward, init_params
-from jaxdistill.pruning import Targets, compact, compression_ratio, importance, masked_forward, prune_to
+from jaxdistill.pruning import Widths, compact, compression_ratio, importance, masked_forward, prune_to
 
 CONFIG = ModelConfig(model_type="qwen3", vocab_size=2048, hidden_size=256, intermediate_size=768,
                      num_layers=6, num_heads=8, num_kv_heads=2, head_dim=32, qk_norm=True)
@@ -34,7 +34,7 @@ def main():
     tokens = batches[0]["tokens"]
     parity = {}
     for name, widths in GRANULARITIES.items():
-        masks, _ = prune_to(CONFIG, imp, Targets.of(CONFIG, **widths))
+        masks, _ = prune_to(CONFIG, imp, Widths.of(CONFIG, **widths))
         small_config, small = compact(CONFIG, params, masks)
         diff = jnp.abs(masked_forward(CONFIG, params, masks, tokens) - forward(small_config, small, tokens))
         parity[name] = {"max_abs_logit_diff": float(diff.max()),
@@ -42,11 +42,11 @@ def main():
     ratios = []
     for split in ("width", "depth", "mixed"):
         for asked in (0.25, 0.5):
-            masks, targets = prune_to(CONFIG, imp, asked, split=split, multiple=64)
+            masks, widths = prune_to(CONFIG, imp, asked, split=split, multiple=64)
             small_config, _ = compact(CONFIG, params, masks)
             reached = compression_ratio(CONFIG, small_config)
             ratios.append({"split": split, "asked_total": asked, "reached_total": reached["total"],
-                           "reached_non_embedding": reached["non_embedding"], "targets": vars(targets)})
+                           "reached_non_embedding": reached["non_embedding"], "widths": vars(widths)})
     print(json.dumps({"model": "qwen3-style d=256 F=768 L=6 H=8 K=2", "parity": parity, "ratios": ratios}))
 
 

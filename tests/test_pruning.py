@@ -1,5 +1,5 @@
 """Structured pruning: masks emulate compaction exactly, importance finds planted structure,
-targets reach the asked ratio, schedules behave, bad input is named."""
+widths reach the asked ratio, schedules behave, bad input is named."""
 
 import jax
 import jax.numpy as jnp
@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxdistill.models import (ModelConfig, forward, init_params, load_pretrained, logical_axes,
-                               make_mesh, save_pretrained, shard_params)
-from jaxdistill.pruning import (METHODS, PruningError, PruningSchedule, Targets, apply_masks, compact,
-                                compression_ratio, full_masks, importance, masked_forward, param_count,
-                                prune_to, widths_for_ratio)
+from jaxdistill.models import (ModelConfig, abstract_params, as_module, decay_mask, forward, init_params,
+                               load_pretrained, logical_axes, make_mesh, save_pretrained, shard_params,
+                               structure)
+from jaxdistill.models.lora import MODULES, init_lora
+from jaxdistill.pruning import (IMPORTANCE_METHODS, PruningError, PruningSchedule, Widths, apply_masks,
+                                compact, compression_ratio, full_masks, importance, masked_forward,
+                                param_count, prune_to, widths_for_ratio)
 from tests.tiny_models import VOCAB, hf_logits, random_sequences
 
 
@@ -26,7 +28,7 @@ def _batches(vocab, n=2, seed=0):
     return out
 
 
-GRANULARITY_TARGETS = {
+GRANULARITY_WIDTHS = {
     "heads_query": dict(heads=2),             # one query head per kv group
     "heads_groups": dict(kv_heads=1, heads=2),  # one whole kv group
     "mlp": dict(mlp=40),
@@ -37,21 +39,21 @@ GRANULARITY_TARGETS = {
 
 
 @pytest.mark.parametrize("family, granularity",
-                         [(f, g) for f in ("llama3", "qwen3") for g in GRANULARITY_TARGETS]
+                         [(f, g) for f in ("llama3", "qwen3") for g in GRANULARITY_WIDTHS]
                          + [("qwen2", "all"), ("mistral", "mlp"), ("llama_tied", "heads_groups")])
 def test_masked_equals_compacted_and_transformers(family, granularity, checkpoints, tmp_path):
     """Llama 3 and Qwen3 (GQA) per granularity and combined; Qwen2 (q/k/v bias, tied), Mistral
     (one kv group, sliding window) and Llama MHA with attention bias, tied, once each."""
     config, params = load_pretrained(checkpoints[family])
     imp = importance(config, params, _batches(VOCAB), method="activation")
-    widths = dict(GRANULARITY_TARGETS[granularity])
+    widths = dict(GRANULARITY_WIDTHS[granularity])
     if family == "mistral":
         widths.pop("kv_heads", None)
     if family == "llama_tied":  # multi-head attention: 4 groups of one head
         widths = dict(kv_heads=2, heads=2)
-    masks, targets = prune_to(config, imp, Targets.of(config, **widths))
+    masks, kept = prune_to(config, imp, Widths.of(config, **widths))
     small_config, small = compact(config, params, masks)
-    assert small_config == targets.config(config)
+    assert small_config == kept.config(config)
     seqs = random_sequences([12, 7])
     tokens = np.zeros((2, 12), np.int32)
     tokens[0], tokens[1, :7] = seqs[0], seqs[1]
@@ -73,7 +75,7 @@ def test_hidden_pruning_needs_the_masked_norm(checkpoints):
     surviving channels (masked_forward passes hidden_mask for that)."""
     config, params = load_pretrained(checkpoints["qwen3"])
     imp = importance(config, params, method="magnitude")
-    masks, _ = prune_to(config, imp, Targets.of(config, hidden=16))
+    masks, _ = prune_to(config, imp, Widths.of(config, hidden=16))
     small_config, small = compact(config, params, masks)
     tokens = jnp.asarray(random_sequences([10])[0][None])
     plain_zeroing = forward(config, apply_masks(config, params, masks), tokens)
@@ -84,9 +86,13 @@ def _count_leaves(params):
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("overrides", [dict(), dict(qkv_bias=True, o_bias=True, tie_word_embeddings=True),
-                                       dict(model_type="qwen3", qk_norm=True)])
+@pytest.mark.parametrize("overrides", [
+    dict(), dict(tie_word_embeddings=True), dict(qkv_bias=True),
+    dict(qkv_bias=True, o_bias=True, tie_word_embeddings=True), dict(model_type="qwen3", qk_norm=True),
+    dict(model_type="qwen3", qk_norm=True, qkv_bias=True, o_bias=True, tie_word_embeddings=True)])
 def test_param_count_is_analytic(overrides):
+    """param_count (from the structural table, no model built) = the elements init_params allocates,
+    tied and untied, with and without q/k/v and o biases and q/k norms."""
     base = dict(model_type="llama", vocab_size=100, hidden_size=64, intermediate_size=96, num_layers=3,
                 num_heads=8, num_kv_heads=2, head_dim=16)
     config = ModelConfig(**{**base, **overrides})
@@ -94,6 +100,63 @@ def test_param_count_is_analytic(overrides):
     assert counts["total"] == _count_leaves(init_params(config, jax.random.key(0)))
     emb = 100 * 64 * (1 if config.tie_word_embeddings else 2)
     assert counts["embedding"] == emb and counts["non_embedding"] == counts["total"] - emb
+
+
+# --------------------------------------------------------------- the structural table
+
+FAMILY_CONFIGS = {  # every leaf kind each family can have (see models/config.py's table)
+    "llama": dict(model_type="llama", qkv_bias=True, o_bias=True),
+    "mistral": dict(model_type="mistral", sliding_window=4),
+    "qwen2": dict(model_type="qwen2", qkv_bias=True, tie_word_embeddings=True),
+    "qwen3": dict(model_type="qwen3", qk_norm=True, qkv_bias=True, o_bias=True),
+}
+
+
+@pytest.mark.parametrize("family", FAMILY_CONFIGS)
+def test_structure_table_covers_every_leaf(family):
+    """Every logical axis of every leaf is in the table; a kernel's input dims from its axes are
+    the ones its module contracts; LoRA's modules are exactly the per-layer projections."""
+    config = ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=8, **FAMILY_CONFIGS[family])
+    leaves = jax.tree_util.tree_flatten_with_path(logical_axes(config), is_leaf=lambda x: isinstance(x, tuple))[0]
+    shapes = jax.tree.leaves(abstract_params(config))
+    assert len(leaves) == len(shapes) == len(structure.leaf_axes(config))
+    for (key_path, axes), shape in zip(leaves, shapes):
+        path = tuple(k.key for k in key_path)
+        assert structure.leaf_axes(config)[path] == axes
+        assert tuple(structure.axis_size(config, name) for name in axes) == shape.shape, path
+    module = as_module(config, abstract_params(config))
+    for name, path in structure.projections(config).items():
+        projection = getattr(getattr(module.layers, path[1]), name)
+        assert structure.input_dims(structure.leaf_axes(config)[path]) == projection.n_in, name
+    assert sorted(structure.projections(config)) == sorted(MODULES)
+
+
+def test_unknown_logical_axis_is_named(monkeypatch):
+    with pytest.raises(ValueError, match="logical axis 'experts' is not in the structure table; known axes: embed"):
+        structure.axis("experts")
+    monkeypatch.setattr(structure, "logical_axes", lambda config: {"moe": {"kernel": ("layers", "experts")}})
+    odd = ModelConfig(model_type="llama", vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1,
+                      num_heads=2, num_kv_heads=1, head_dim=4, rms_norm_eps=0.123)  # not cached yet
+    with pytest.raises(ValueError, match="parameter moe.kernel has logical axis 'experts'"):
+        param_count(odd)
+
+
+def test_decay_mask_matrices_only():
+    config = ModelConfig(model_type="qwen3", vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2,
+                         num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True, qkv_bias=True, o_bias=True)
+    mask = decay_mask(abstract_params(config))
+    layers = mask["layers"]
+    decayed = [mask["embed"], mask["lm_head"]["kernel"], *(layers["attn"][p]["kernel"] for p in "qkvo"),
+               *(layers["mlp"][p]["kernel"] for p in ("gate", "up", "down"))]
+    kept = [mask["final_norm"]["scale"], layers["attn_norm"]["scale"], layers["mlp_norm"]["scale"],
+            layers["attn"]["q_norm"]["scale"], layers["attn"]["k_norm"]["scale"],
+            *(layers["attn"][p]["bias"] for p in "qkvo")]
+    assert all(decayed) and not any(kept) and len(decayed) + len(kept) == len(jax.tree.leaves(mask))
+    adapters = init_lora(config, jax.random.key(0), rank=2, modules=("o", "down"))
+    assert jax.tree.leaves(decay_mask(adapters)) == [True] * 4
+    with pytest.raises(ValueError, match="leaf layers.attn.w.kernel is neither a parameter"):
+        decay_mask({"layers": {"attn": {"w": {"kernel": 0}}}})
 
 
 BIG = ModelConfig(model_type="qwen3", vocab_size=512, hidden_size=256, intermediate_size=768, num_layers=6,
@@ -105,8 +168,8 @@ BIG = ModelConfig(model_type="qwen3", vocab_size=512, hidden_size=256, intermedi
 @pytest.mark.parametrize("ratio", [0.2, 0.5])
 def test_ratio_reached_within_one_rounding_multiple(split, ratio_of, ratio):
     multiple = 32
-    targets = widths_for_ratio(BIG, ratio, ratio_of=ratio_of, split=split, multiple=multiple)
-    small = targets.config(BIG)
+    widths = widths_for_ratio(BIG, ratio, ratio_of=ratio_of, split=split, multiple=multiple)
+    small = widths.config(BIG)
     achieved = compression_ratio(BIG, small)[ratio_of]
     # One rounding step: the ratio change from one more/less multiple of hidden (the coarsest axis),
     # or one layer for depth-only.
@@ -114,7 +177,7 @@ def test_ratio_reached_within_one_rounding_multiple(split, ratio_of, ratio):
         step = compression_ratio(BIG, small.replace(num_layers=small.num_layers - 1))[ratio_of] - achieved
     else:
         step = compression_ratio(BIG, small.replace(hidden_size=small.hidden_size - multiple))[ratio_of] - achieved
-    assert abs(achieved - ratio) <= abs(step) + 1e-9, (targets, achieved)
+    assert abs(achieved - ratio) <= abs(step) + 1e-9, (widths, achieved)
     params = init_params(BIG, jax.random.key(0))
     masks, _ = prune_to(BIG, importance(BIG, params, method="magnitude"), ratio, ratio_of=ratio_of,
                         split=split, multiple=multiple)
@@ -157,7 +220,7 @@ def test_planted_structure_ranked_least(method):
     assert set(np.argsort(np.asarray(imp["mlp"][2]))[:8].tolist()) == set(range(8, 16))
     if method == "activation":
         assert int(jnp.argmin(imp["layers"])) == 3 and float(imp["layers"][3]) == pytest.approx(0.0, abs=1e-6)
-        masks, _ = prune_to(PLANT, imp, Targets.of(PLANT, layers=3))
+        masks, _ = prune_to(PLANT, imp, Widths.of(PLANT, layers=3))
         assert np.asarray(masks["layers"]).tolist() == [1.0, 1.0, 1.0, 0.0]
 
 
@@ -234,17 +297,17 @@ def test_ratio_outside_unit_interval(ratio):
     (dict(heads=5), "heads=5 breaks GQA grouping: with kv_heads=2 it must be a multiple of 2 between 2 and 8"),
     (dict(kv_heads=1, heads=6), "heads=6 breaks GQA grouping: with kv_heads=1 it must be a multiple of 1 between 1 and 4"),
 ])
-def test_bad_targets(kwargs, message):
+def test_bad_widths(kwargs, message):
     with pytest.raises(PruningError, match=message):
-        Targets.of(BIG, **kwargs)
+        Widths.of(BIG, **kwargs)
 
 
-def test_explicit_targets_never_revive():
+def test_explicit_widths_never_revive():
     params = init_params(BIG, jax.random.key(0))
     imp = importance(BIG, params, method="magnitude")
-    masks, _ = prune_to(BIG, imp, Targets.of(BIG, mlp=512, hidden=192))
+    masks, _ = prune_to(BIG, imp, Widths.of(BIG, mlp=512, hidden=192))
     with pytest.raises(PruningError, match=r"target mlp=640 is wider than the current masks keep \(512\)"):
-        prune_to(BIG, imp, Targets.of(BIG, mlp=640, hidden=192), masks=masks)
+        prune_to(BIG, imp, Widths.of(BIG, mlp=640, hidden=192), masks=masks)
 
 
 def test_llama_widths_stay_exportable():
@@ -254,7 +317,7 @@ def test_llama_widths_stay_exportable():
         t = widths_for_ratio(llama, ratio, multiple=64)
         assert t.hidden % t.heads == 0, t
     with pytest.raises(PruningError, match="hidden=1664 is not a multiple of heads=24"):
-        Targets.of(llama, hidden=1664, heads=24)
+        Widths.of(llama, hidden=1664, heads=24)
 
 
 def test_non_uniform_masks_refused_by_compact():
@@ -268,4 +331,4 @@ def test_non_uniform_masks_refused_by_compact():
 def test_unknown_method():
     with pytest.raises(ValueError, match="unknown importance method 'fisher'; valid: activation, magnitude, taylor"):
         importance(BIG, {}, method="fisher")
-    assert METHODS == ("activation", "magnitude", "taylor")
+    assert IMPORTANCE_METHODS == ("activation", "magnitude", "taylor")

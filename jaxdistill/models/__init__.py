@@ -1,4 +1,5 @@
-"""The model layer: one decoder-only transformer family, Hugging Face import/export, sharding."""
+"""The model layer: one decoder-only transformer family, Hugging Face import/export, sharding, and
+the structural table (`structure`) that says what each parameter axis is."""
 
 from jaxdistill.models.config import SUPPORTED_FAMILIES, ConfigError, ModelConfig
 from jaxdistill.models.hf import CheckpointError, load_pretrained, save_pretrained
@@ -10,6 +11,7 @@ from jaxdistill.models.sharding import (
     shard_params,
     tree_shardings,
 )
+from jaxdistill.models.structure import AXES, decay_mask
 from jaxdistill.models.transformer import (
     Transformer,
     abstract_params,
@@ -21,8 +23,8 @@ from jaxdistill.models.transformer import (
 )
 
 __all__ = [
-    "RULES", "SUPPORTED_FAMILIES", "CheckpointError", "ConfigError", "ModelConfig", "Transformer",
-    "abstract_params", "as_module", "forward", "hidden_states", "init_params",
+    "AXES", "RULES", "SUPPORTED_FAMILIES", "CheckpointError", "ConfigError", "ModelConfig", "Transformer",
+    "abstract_params", "as_module", "decay_mask", "forward", "hidden_states", "init_params",
     "initialize_distributed", "load_pretrained", "logical_axes", "logical_to_spec", "make_mesh",
     "save_pretrained", "shard_params", "tree_shardings",
 ]

@@ -33,6 +33,7 @@ from safetensors.numpy import save_file
 
 from jaxdistill.atomic_files import atomic_write, write_json
 from jaxdistill.models import sharding as sharding_lib
+from jaxdistill.models import structure
 from jaxdistill.models.config import ConfigError, ModelConfig
 from jaxdistill.models.transformer import Params, abstract_params, logical_axes
 
@@ -50,8 +51,6 @@ _LAYER_NAMES = {
     ("attn", "k_norm", "scale"): "self_attn.k_norm.weight",
     **{("mlp", p, "kernel"): f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")},
 }
-# How many leading dims of our kernel are its input dims (the rest are outputs).
-_KERNEL_IN_DIMS = {("attn", "o", "kernel"): 2}
 # Tensors some checkpoints carry that the model recomputes or shares.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -69,7 +68,8 @@ class TensorSpec:
     path: tuple[str, ...]
     shape: tuple[int, ...]  # our full shape, with the leading layer axis when stacked
     stacked: bool
-    n_in: int | None  # input dims of a kernel (transposed on import/export); None: reshape only
+    # input dims of a kernel (`structure.input_dims`), transposed on import/export; None: reshape only
+    n_in: int | None
 
     def hf_name(self, layer: int | None) -> str:
         if self.stacked:
@@ -108,13 +108,12 @@ class TensorSpec:
 
 def tensor_specs(config: ModelConfig) -> list[TensorSpec]:
     """Every parameter leaf of `config`'s model with its Hugging Face name and layout."""
+    axes = structure.leaf_axes(config)
     specs = []
     for key_path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params(config))[0]:
         path = tuple(k.key for k in key_path)
-        stacked = path[0] == "layers"
-        local = path[1:] if stacked else path
-        n_in = _KERNEL_IN_DIMS.get(local, 1) if path[-1] == "kernel" else None
-        specs.append(TensorSpec(path, tuple(leaf.shape), stacked, n_in))
+        n_in = structure.input_dims(axes[path]) if path[-1] == "kernel" else None
+        specs.append(TensorSpec(path, tuple(leaf.shape), path[0] == "layers", n_in))
     return specs
 
 

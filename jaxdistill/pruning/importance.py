@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill import losses
-from jaxdistill.models import ModelConfig, as_module, forward
+from jaxdistill.models import ModelConfig, as_module, forward, structure
 from jaxdistill.models.transformer import Params
 from jaxdistill.pruning.masks import Masks, apply_masks, full_masks
 
-METHODS = ("activation", "magnitude", "taylor")
+IMPORTANCE_METHODS = ("activation", "magnitude", "taylor")
 
 
 def _valid(batch) -> jnp.ndarray:
@@ -68,27 +68,19 @@ def _activation_batch(config: ModelConfig, params: Params, masks: Masks, batch):
 
 
 def _structure_sums(config: ModelConfig, elem: Params) -> dict[str, jnp.ndarray]:
-    """Sum an elementwise score tree over each structure's weights."""
-    c = config
-    L, K, G = c.num_layers, c.num_kv_heads, c.num_heads // c.num_kv_heads
-    lp, attn = elem["layers"], elem["layers"]["attn"]
-    head = (attn["q"]["kernel"].sum((1, 3)) + attn["o"]["kernel"].sum((2, 3))
-            + (attn["q"]["bias"].sum(2) if "bias" in attn["q"] else 0.0))              # [L, H]
-    kv = attn["k"]["kernel"].sum((1, 3)) + attn["v"]["kernel"].sum((1, 3))            # [L, K]
-    if "bias" in attn["k"]:
-        kv = kv + attn["k"]["bias"].sum(2) + attn["v"]["bias"].sum(2)
-    heads = head.reshape(L, K, G)
-    mlp = (lp["mlp"]["gate"]["kernel"].sum(1) + lp["mlp"]["up"]["kernel"].sum(1)
-           + lp["mlp"]["down"]["kernel"].sum(2))                                      # [L, F]
-    hidden = (elem["embed"].sum(0) + elem["final_norm"]["scale"]
-              + (elem["lm_head"]["kernel"].sum(1) if "lm_head" in elem else 0.0)
-              + lp["attn_norm"]["scale"].sum(0) + lp["mlp_norm"]["scale"].sum(0)
-              + sum(attn[p]["kernel"].sum((0, 2, 3)) for p in "qkv") + attn["o"]["kernel"].sum((0, 1, 2))
-              + lp["mlp"]["gate"]["kernel"].sum((0, 2)) + lp["mlp"]["up"]["kernel"].sum((0, 2))
-              + lp["mlp"]["down"]["kernel"].sum((0, 1))
-              + (attn["o"]["bias"].sum(0) if "bias" in attn["o"] else 0.0))            # [d]
-    layers = sum(x.reshape(L, -1).sum(1) for x in jax.tree.leaves(lp))                  # [L]
-    return {"heads": heads, "groups": heads.sum(-1) + kv, "mlp": mlp, "hidden": hidden, "layers": layers}
+    """Sum an elementwise score tree over each structure's weights (`models.structure`).
+
+    S_s = sum over leaves with an axis of structure s of the leaf summed over its other dims:
+    heads [L, H] (q_heads leaves), mlp [L, F], hidden [d] (embed or norm leaves), layers [L]
+    (every stacked leaf); a kv group scores its own weights (kv_heads leaves) plus its heads."""
+    sums: dict[str, jnp.ndarray] = {}
+    for axes, x in structure.leaves_with_axes(config, elem):
+        for name, dims in structure.pruned_by(axes):
+            part = x.sum(tuple(d for d in range(x.ndim) if d not in dims))
+            sums[name] = part if name not in sums else sums[name] + part
+    heads = sums["heads"].reshape(config.num_layers, config.num_kv_heads, -1)
+    return {"heads": heads, "groups": heads.sum(-1) + sums["groups"], "mlp": sums["mlp"],
+            "hidden": sums["hidden"], "layers": sums["layers"]}
 
 
 @partial(jax.jit, static_argnames=("config",))
@@ -111,8 +103,8 @@ def _taylor_batch(config: ModelConfig, params: Params, masks: Masks, batch):
 def importance(config: ModelConfig, params: Params, batches: Iterable[dict] | None = None, *,
                method: str = "activation", masks: Masks | None = None) -> dict[str, jnp.ndarray]:
     """Importance scores of every prunable structure (see the module docstring)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown importance method {method!r}; valid: {', '.join(METHODS)}")
+    if method not in IMPORTANCE_METHODS:
+        raise ValueError(f"unknown importance method {method!r}; valid: {', '.join(IMPORTANCE_METHODS)}")
     masks = full_masks(config) if masks is None else masks
     if method == "magnitude":
         squares = jax.tree.map(lambda w: jnp.square(w.astype(jnp.float32)), apply_masks(config, params, masks))

@@ -7,16 +7,21 @@ Masks (float 0/1, kept = 1), for L layers, K kv groups of G query heads, F neuro
     hidden  [d]         hidden channels, shared by the embedding, every projection, norm and the head
     layers  [L]         whole layers (a pruned layer is an identity on the residual stream)
 
-`apply_masks` zeroes every weight the compacted model does not have, so the residual stream is
-exactly zero on pruned hidden channels, pruned heads/neurons/layers add nothing; `masked_forward`
-adds the one thing zeroing cannot do: RMSNorm averaging over the surviving channels only.
+`apply_masks` zeroes every weight the compacted model does not have (each leaf times the masks of
+its axes' structures, `models.structure`; every weight of a pruned layer), so the residual stream
+is exactly zero on pruned hidden channels and pruned heads/neurons/layers add nothing;
+`masked_forward` adds the one thing zeroing cannot do: RMSNorm averaging over the surviving
+channels only.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 
-from jaxdistill.models import ModelConfig, forward
+from jaxdistill.models import ModelConfig, forward, structure
+from jaxdistill.models.structure import along
 from jaxdistill.models.transformer import Params
 
 Masks = dict[str, jnp.ndarray]
@@ -38,51 +43,26 @@ def group_mask(masks: Masks) -> jnp.ndarray:
     return jnp.max(masks["heads"], axis=-1)
 
 
+def structure_masks(masks: Masks) -> dict[str, jnp.ndarray]:
+    """Each structure's keep mask as `models.structure` indexes it: hidden [d], layers [L],
+    heads [L, H] (head n in kv group n // G), groups [L, K], mlp [L, F]."""
+    L = masks["layers"].shape[0]
+    return {"hidden": masks["hidden"], "layers": masks["layers"], "heads": masks["heads"].reshape(L, -1),
+            "groups": group_mask(masks), "mlp": masks["mlp"]}
+
+
 def apply_masks(config: ModelConfig, params: Params, masks: Masks) -> Params:
-    """Params with every pruned structure's weights set to zero (pure, jit-able)."""
-    L, d = config.num_layers, config.hidden_size
-    dtype = lambda x, m: m.astype(x.dtype)
-    hid = masks["hidden"]
-    heads = masks["heads"].reshape(L, -1)  # [L, H]; head n belongs to kv group n // G
-    groups = group_mask(masks)  # [L, K]
-    layer = masks["layers"]
-    mlp = masks["mlp"]
+    """Params with every pruned structure's weights set to zero (pure, jit-able).
 
-    out = {"embed": params["embed"] * dtype(params["embed"], hid[None, :]),
-           "final_norm": {"scale": params["final_norm"]["scale"] * dtype(params["final_norm"]["scale"], hid)}}
-    if "lm_head" in params:
-        k = params["lm_head"]["kernel"]
-        out["lm_head"] = {"kernel": k * dtype(k, hid[:, None])}
+    w' = w * prod over the leaf's axes of its structure's mask, broadcast along the leaf: e.g.
+    q.kernel [L, d, H, D] * layers[:, None, None, None] * hidden[None, :, None, None] * heads[:, None, :, None]."""
+    per_structure = structure_masks(masks)
 
-    lp = params["layers"]
-    attn = lp["attn"]
-    residual_out = hid[None, :] * layer[:, None]  # [L, d]: what a layer may write to the residual
-    m_attn = {
-        "q": {"kernel": (hid[None, :, None, None] * heads[:, None, :, None])},
-        "k": {"kernel": (hid[None, :, None, None] * groups[:, None, :, None])},
-        "v": {"kernel": (hid[None, :, None, None] * groups[:, None, :, None])},
-        "o": {"kernel": (heads[:, :, None, None] * residual_out[:, None, None, :])},
-    }
-    if "bias" in attn["q"]:
-        for name, m in (("q", heads), ("k", groups), ("v", groups)):
-            m_attn[name]["bias"] = m[:, :, None]
-    if "bias" in attn["o"]:
-        m_attn["o"]["bias"] = residual_out
-    new_attn = {name: {leaf: attn[name][leaf] * dtype(attn[name][leaf], m)
-                       for leaf, m in m_attn[name].items()} for name in m_attn}
-    for name in ("q_norm", "k_norm"):  # over head_dim, which is never pruned
-        if name in attn:
-            new_attn[name] = attn[name]
-    m_mlp = {"gate": hid[None, :, None] * mlp[:, None, :], "up": hid[None, :, None] * mlp[:, None, :],
-             "down": mlp[:, :, None] * residual_out[:, None, :]}
-    out["layers"] = {
-        "attn": new_attn,
-        "attn_norm": {"scale": lp["attn_norm"]["scale"] * dtype(lp["attn_norm"]["scale"], jnp.broadcast_to(hid, (L, d)))},
-        "mlp_norm": {"scale": lp["mlp_norm"]["scale"] * dtype(lp["mlp_norm"]["scale"], jnp.broadcast_to(hid, (L, d)))},
-        "mlp": {name: {"kernel": lp["mlp"][name]["kernel"] * dtype(lp["mlp"][name]["kernel"], m)}
-                for name, m in m_mlp.items()},
-    }
-    return out
+    def leaf(axes, w):
+        keep = [along(per_structure[s], dims, w.ndim) for s, dims in structure.pruned_by(axes)]
+        return w * functools.reduce(jnp.multiply, keep).astype(w.dtype)
+
+    return structure.map_with_axes(leaf, config, params)
 
 
 def masked_forward(config: ModelConfig, params: Params, masks: Masks, tokens, **kwargs):

@@ -14,7 +14,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill.models import ModelConfig
+from jaxdistill.models import ModelConfig, structure
 from jaxdistill.pruning.masks import Masks, full_masks
 
 RATIO_OF = ("total", "non_embedding")
@@ -27,17 +27,14 @@ class PruningError(ValueError):
 
 
 def param_count(config: ModelConfig) -> dict[str, int]:
-    """Analytic parameter count: total, embedding (token embedding + untied head), non_embedding."""
-    c = config
-    d, H, K, D, F = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size
-    per_layer = (2 * d                                   # attn_norm, mlp_norm
-                 + d * H * D + 2 * d * K * D + H * D * d  # q, k, v, o
-                 + 3 * d * F                              # gate, up, down
-                 + ((H + 2 * K) * D if c.qkv_bias else 0) + (d if c.o_bias else 0)
-                 + (2 * D if c.qk_norm else 0))
-    embedding = c.vocab_size * d * (1 if c.tie_word_embeddings else 2)
-    non_embedding = c.num_layers * per_layer + d  # + final norm
-    return {"total": embedding + non_embedding, "embedding": embedding, "non_embedding": non_embedding}
+    """Parameter counts from the structural table: P = sum over leaves of prod over the leaf's
+    logical axes of the axis length (V, d, H, K, D, F, L); "embedding" = the leaves with a vocab
+    axis (token embedding + untied head), "non_embedding" the rest. Cheap: no model is built."""
+    sizes = [(axes, math.prod(structure.axis_size(config, name) for name in axes))
+             for axes in structure.leaf_axes(config).values()]
+    embedding = sum(n for axes, n in sizes if "vocab" in axes)
+    total = sum(n for _, n in sizes)
+    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
 
 
 def compression_ratio(original: ModelConfig, pruned: ModelConfig) -> dict[str, float]:
@@ -47,7 +44,7 @@ def compression_ratio(original: ModelConfig, pruned: ModelConfig) -> dict[str, f
 
 
 @dataclasses.dataclass(frozen=True)
-class Targets:
+class Widths:
     """Uniform target widths: kv groups, query heads per group, MLP width, hidden size, layers."""
 
     kv_heads: int
@@ -62,7 +59,7 @@ class Targets:
 
     @classmethod
     def of(cls, config: ModelConfig, *, heads: int | None = None, kv_heads: int | None = None,
-           mlp: int | None = None, hidden: int | None = None, layers: int | None = None) -> Targets:
+           mlp: int | None = None, hidden: int | None = None, layers: int | None = None) -> Widths:
         """Explicit widths (unset = unchanged), checked against the model and GQA grouping."""
         c = config
         kv_heads = c.num_kv_heads if kv_heads is None else kv_heads
@@ -79,19 +76,19 @@ class Targets:
                 f"target heads={heads} breaks GQA grouping: with kv_heads={kv_heads} it must be a "
                 f"multiple of {kv_heads} between {kv_heads} and {kv_heads * group} "
                 f"(each of the {kv_heads} kept groups keeps 1..{group} of its query heads)")
-        targets = cls(kv_heads, heads // kv_heads, mlp or c.intermediate_size, hidden or c.hidden_size,
-                      layers or c.num_layers)
-        if not targets.exportable(c):
+        widths = cls(kv_heads, heads // kv_heads, mlp or c.intermediate_size, hidden or c.hidden_size,
+                     layers or c.num_layers)
+        if not widths.exportable(c):
             raise PruningError(
-                f"target hidden={targets.hidden} is not a multiple of heads={targets.heads}: "
+                f"target hidden={widths.hidden} is not a multiple of heads={widths.heads}: "
                 f"transformers' {c.model_type} config requires hidden_size % num_attention_heads == 0")
-        return targets
+        return widths
 
     def exportable(self, config: ModelConfig) -> bool:
         """Whether transformers accepts the compacted config (Llama checks hidden % heads == 0)."""
         return config.model_type != "llama" or self.hidden % self.heads == 0
 
-    def check_within(self, current: Targets) -> None:
+    def check_within(self, current: Widths) -> None:
         """Pruning only narrows: every width at most what the current masks keep."""
         for name in ("kv_heads", "heads_per_group", "mlp", "hidden", "layers"):
             if getattr(self, name) > getattr(current, name):
@@ -99,7 +96,7 @@ class Targets:
                                    f"keep ({getattr(current, name)}): pruning never revives structures")
 
     @classmethod
-    def from_masks(cls, masks) -> Targets:
+    def from_masks(cls, masks) -> Widths:
         """The widths masks keep (the widest layer's, where layers differ)."""
         w = mask_widths(masks)
         return cls(int(np.max(w["kv_heads"])), int(np.max(w["heads_per_group"])), int(np.max(w["mlp"])),
@@ -120,19 +117,7 @@ def _neighbours(value: float, multiple: int, limit: int) -> set[int]:
     return {int(min(limit, max(multiple, w))) for w in (below, below + multiple)}
 
 
-def widths_for_ratio(config: ModelConfig, ratio: float, *, ratio_of: str = "total",
-                     split: str = "width", multiple: int = 64, head_pruning: str = "auto",
-                     within: Targets | None = None) -> Targets:
-    """Uniform widths whose compression ratio is closest to `ratio`.
-
-    split: "width" (default) shrinks MLP width, hidden size and heads around one keep-fraction k,
-    each to a multiple of `multiple` next to k * width (heads to whole heads), taking the
-    combination closest to the ratio; "depth" drops layers only; "mixed" takes half the
-    ratio from depth, then the rest from width. `within`: current widths no axis may exceed
-    (iterative pruning only ever narrows). head_pruning: "query" drops query heads within every
-    kv group, "groups" drops whole kv groups, "auto" picks query when groups hold more than one head,
-    "none" keeps all heads.
-    """
+def _check_ratio_settings(ratio: float, ratio_of: str, split: str, multiple: int, head_pruning: str):
     if not 0.0 < ratio < 1.0:
         raise PruningError(f"compression ratio {ratio} is outside the valid range (0, 1)")
     if ratio_of not in RATIO_OF:
@@ -143,34 +128,50 @@ def widths_for_ratio(config: ModelConfig, ratio: float, *, ratio_of: str = "tota
         raise PruningError(f"head_pruning={head_pruning!r}; valid: {', '.join(HEAD_PRUNING)}")
     if multiple < 1:
         raise PruningError(f"multiple={multiple}: must be >= 1")
+
+
+def widths_for_ratio(config: ModelConfig, ratio: float, *, ratio_of: str = "total",
+                     split: str = "width", multiple: int = 64, head_pruning: str = "auto",
+                     within: Widths | None = None) -> Widths:
+    """Uniform widths whose compression ratio is closest to `ratio`.
+
+    split: "width" (default) shrinks MLP width, hidden size and heads around one keep-fraction k,
+    each to a multiple of `multiple` next to k * width (heads to whole heads), taking the
+    combination closest to the ratio; "depth" drops layers only; "mixed" takes half the
+    ratio from depth, then the rest from width. `within`: current widths no axis may exceed
+    (iterative pruning only ever narrows). head_pruning: "query" drops query heads within every
+    kv group, "groups" drops whole kv groups, "auto" picks query when groups hold more than one head,
+    "none" keeps all heads.
+    """
+    _check_ratio_settings(ratio, ratio_of, split, multiple, head_pruning)
     c = config
     group = c.num_heads // c.num_kv_heads
-    cap = within or Targets(c.num_kv_heads, group, c.intermediate_size, c.hidden_size, c.num_layers)
+    cap = within or Widths(c.num_kv_heads, group, c.intermediate_size, c.hidden_size, c.num_layers)
     if head_pruning == "auto":
         head_pruning = "query" if group > 1 else "groups"
 
-    def achieved(t: Targets) -> float:
+    def achieved(t: Widths) -> float:
         return compression_ratio(c, t.config(c))[ratio_of]
 
-    def depth_targets(r: float) -> Targets:
+    def depth_widths(r: float) -> Widths:
         cands = [dataclasses.replace(cap, layers=n) for n in range(1, cap.layers + 1)]  # widths as now
         return min(cands, key=lambda t: abs(achieved(t) - r))
 
-    def width_targets(k: float, layers: int) -> set[Targets]:
+    def width_candidates(k: float, layers: int) -> set[Widths]:
         """Every combination of the widths one rounding step either side of keep-fraction k."""
         kv, per_group = {cap.kv_heads}, {cap.heads_per_group}
         if head_pruning == "query":
             per_group = _neighbours(group * k, 1, cap.heads_per_group)
         elif head_pruning == "groups":
             kv = _neighbours(c.num_kv_heads * k, 1, cap.kv_heads)
-        return {Targets(a, b, m, h, layers) for a in kv for b in per_group
+        return {Widths(a, b, m, h, layers) for a in kv for b in per_group
                 for m in _neighbours(c.intermediate_size * k, multiple, cap.mlp)
                 for h in _neighbours(c.hidden_size * k, multiple, cap.hidden)}
 
     if split == "depth":
-        return depth_targets(ratio)
-    layers = depth_targets(ratio / 2).layers if split == "mixed" else cap.layers
-    candidates = {t for k in np.linspace(0.0, 1.0, 401)[1:] for t in width_targets(k, layers)
+        return depth_widths(ratio)
+    layers = depth_widths(ratio / 2).layers if split == "mixed" else cap.layers
+    candidates = {t for k in np.linspace(0.0, 1.0, 401)[1:] for t in width_candidates(k, layers)
                   if t.exportable(c)}
     if not candidates:
         raise PruningError(f"no {split} widths with multiple={multiple} give an exportable "
@@ -186,9 +187,9 @@ def _top_mask(scores: jnp.ndarray, keep: int) -> jnp.ndarray:
     return (ranks < keep).astype(jnp.float32)
 
 
-def prune_to(config: ModelConfig, importance: dict[str, jnp.ndarray], target: float | Targets, *,
+def prune_to(config: ModelConfig, importance: dict[str, jnp.ndarray], target: float | Widths, *,
              masks: Masks | None = None, ratio_of: str = "total", split: str = "width",
-             multiple: int = 64, head_pruning: str = "auto") -> tuple[Masks, Targets]:
+             multiple: int = 64, head_pruning: str = "auto") -> tuple[Masks, Widths]:
     """Masks keeping the most important structures at the target widths (or compression ratio).
 
     importance: {"heads" [L, K, G], "groups" [L, K], "mlp" [L, F], "hidden" [d], "layers" [L]}
@@ -196,22 +197,22 @@ def prune_to(config: ModelConfig, importance: dict[str, jnp.ndarray], target: fl
     stay pruned (iterative pruning never revives). Query heads are ranked within their kv group.
     """
     masks = full_masks(config) if masks is None else masks
-    current = Targets.from_masks(masks)
-    if isinstance(target, Targets):
+    current = Widths.from_masks(masks)
+    if isinstance(target, Widths):
         target.check_within(current)
-        targets = target
+        widths = target
     else:
-        targets = widths_for_ratio(config, target, ratio_of=ratio_of, split=split, multiple=multiple,
-                                   head_pruning=head_pruning, within=current)
+        widths = widths_for_ratio(config, target, ratio_of=ratio_of, split=split, multiple=multiple,
+                                  head_pruning=head_pruning, within=current)
     alive = lambda scores, m: jnp.where(m > 0, scores, -jnp.inf)
     group_alive = jnp.max(masks["heads"], axis=-1)
-    groups = _top_mask(alive(importance["groups"], group_alive), targets.kv_heads)  # [L, K]
-    heads = _top_mask(alive(importance["heads"], masks["heads"]), targets.heads_per_group) * groups[..., None]
+    groups = _top_mask(alive(importance["groups"], group_alive), widths.kv_heads)  # [L, K]
+    heads = _top_mask(alive(importance["heads"], masks["heads"]), widths.heads_per_group) * groups[..., None]
     new = {"heads": heads,
-           "mlp": _top_mask(alive(importance["mlp"], masks["mlp"]), targets.mlp),
-           "hidden": _top_mask(alive(importance["hidden"], masks["hidden"]), targets.hidden),
-           "layers": _top_mask(alive(importance["layers"], masks["layers"]), targets.layers)}
-    return new, targets
+           "mlp": _top_mask(alive(importance["mlp"], masks["mlp"]), widths.mlp),
+           "hidden": _top_mask(alive(importance["hidden"], masks["hidden"]), widths.hidden),
+           "layers": _top_mask(alive(importance["layers"], masks["layers"]), widths.layers)}
+    return new, widths
 
 
 def mask_widths(masks: Masks) -> dict[str, object]:
@@ -222,5 +223,5 @@ def mask_widths(masks: Masks) -> dict[str, object]:
             "layers": int((np.asarray(masks["layers"]) > 0).sum())}
 
 
-__all__ = ["PruningError", "Targets", "compression_ratio", "mask_widths", "param_count", "prune_to",
+__all__ = ["PruningError", "Widths", "compression_ratio", "mask_widths", "param_count", "prune_to",
            "widths_for_ratio"]

@@ -1,11 +1,5 @@
-"""Benchmarks: FLOP accounting, peak throughput, and the forward benchmark (tokens/s, MFU).
-
-FLOPs are counted the MaxText way: 2 x (multiply-adds of every matmul), causal attention halved
-(QK^T and AV each cost 2*T*H*D per token per layer before halving). MFU = FLOPs / time / peak.
-Peak: on CPU, an fp32 matmul ceiling measured in the same process, right before the run, at the
-workload's own matmul shapes (the machine is shared, so a stale number would mislead); on
-accelerators, the datasheet dense bf16 peak for the device kind.
-"""
+"""Benchmarks (`jaxdistill bench CONFIG`): forward throughput (tokens/s, MFU) and the loss memory
+benchmark (compiled temporary memory and time, unfused vs chunked). FLOPs and peaks: `jaxdistill.perf`."""
 
 from __future__ import annotations
 
@@ -18,14 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdistill import losses
 from jaxdistill.models import ModelConfig, forward, init_params
-
-# Dense bf16 peak, TFLOP/s per chip, from the vendors' datasheets (substring of device_kind).
-# More specific names first: "H100 PCIe" must match before "H100" (SXM).
-DATASHEET_PEAK_TFLOPS = {
-    "H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0,
-    "TPU v6": 918.0, "TPU v5p": 459.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v4": 275.0,
-}
+from jaxdistill.models.hf import read_config
+from jaxdistill.perf import forward_flops_per_token, peak_flops
 
 # Architectures of public checkpoints (for benchmarking shapes without the weights) and a CPU size.
 PRESETS: dict[str, ModelConfig] = {
@@ -49,53 +39,6 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
-    """Matmul FLOPs of one forward pass per token (causal attention halved)."""
-    c = config
-    d, H, K, D, F = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size
-    projections = d * H * D + 2 * d * K * D + H * D * d + 3 * d * F
-    attention = 2 * seq_len * H * D  # (QK^T + AV) = 4*T*H*D, halved for the causal mask
-    return 2 * c.num_layers * projections + c.num_layers * attention + 2 * d * c.vocab_size
-
-
-def matmul_shapes(config: ModelConfig, tokens: int) -> list[tuple[int, int, int]]:
-    """(M, K, N) of the workload's main matmuls."""
-    c = config
-    return [(tokens, c.hidden_size, c.num_heads * c.head_dim),
-            (tokens, c.hidden_size, c.intermediate_size),
-            (tokens, c.intermediate_size, c.hidden_size),
-            (tokens, c.hidden_size, c.vocab_size)]
-
-
-def measure_matmul_peak(shapes, dtype=jnp.float32, repeats: int = 7) -> float:
-    """The ceiling: best achieved FLOP/s over `shapes` (M, K, N) and over `repeats` timed runs."""
-    best = 0.0
-    for m, k, n in shapes:
-        a = jnp.ones((m, k), dtype)
-        b = jnp.ones((k, n), dtype)
-        f = jax.jit(jnp.matmul)
-        f(a, b).block_until_ready()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            f(a, b).block_until_ready()
-            times.append(time.perf_counter() - t0)
-        best = max(best, 2 * m * k * n / min(times))
-    return best
-
-
-def peak_flops(config: ModelConfig, tokens: int) -> tuple[float, str]:
-    """(peak FLOP/s, how it was obtained) for the default backend."""
-    device = jax.devices()[0]
-    if device.platform == "cpu":
-        return measure_matmul_peak(matmul_shapes(config, tokens)), "measured fp32 matmul ceiling"
-    for kind, tflops in DATASHEET_PEAK_TFLOPS.items():
-        if kind.lower() in device.device_kind.lower():
-            return tflops * 1e12, f"datasheet bf16 ({kind})"
-    raise ValueError(f"no datasheet peak for device kind {device.device_kind!r}; known: "
-                     f"{', '.join(DATASHEET_PEAK_TFLOPS)} — pass peak_tflops explicitly")
-
-
 def time_call(fn, *args, iters: int, **kwargs) -> list[float]:
     """Wall times of `iters` calls after one warm-up (compile) call, each blocked until ready."""
     jax.block_until_ready(fn(*args, **kwargs))
@@ -116,8 +59,6 @@ def resolve_model(model: str | dict | ModelConfig, dtype: str | None = None) -> 
     elif model in PRESETS:
         config = PRESETS[model]
     else:
-        from jaxdistill.models.hf import read_config
-
         try:
             config = read_config(model)
         except Exception as err:
@@ -168,8 +109,6 @@ def bench_forward(model: str | dict | ModelConfig = "cpu-small", batch: int = 4,
 
 def _loss_fn(fused: bool, loss, chunk_size: int):
     """grad of a distillation loss w.r.t. student hidden states and head, fused or unfused."""
-    from jaxdistill import losses
-
     def value(hs, ws, ht, wt, weights):
         kwargs = dict(teacher_hidden=ht, teacher_head=wt)
         if fused:
@@ -185,8 +124,6 @@ def bench_loss_memory(vocab_sizes=(32768, 151936), token_counts=(4096, 16384), h
     """Compiled temporary memory (XLA memory_analysis, compile only) of unfused vs chunked
     forward+backward of a distillation loss from hidden states, for every (V, N); wall time of both
     for the (V, N) in `time_cases` (those must fit in host memory)."""
-    from jaxdistill import losses
-
     loss = losses.divergence_loss(divergence)
     rows = []
     for vocab in vocab_sizes:
@@ -228,8 +165,9 @@ def bench_loss_memory(vocab_sizes=(32768, 151936), token_counts=(4096, 16384), h
 BENCHMARKS = {"forward": bench_forward, "loss_memory": bench_loss_memory}
 
 
-def run_benchmark(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run the benchmark a config dict names (`benchmark: forward`, then its keyword arguments)."""
+def check_spec(spec: dict[str, Any]):
+    """(benchmark function, its keyword arguments) for a benchmark spec (`benchmark: forward`, then
+    its options); unknown benchmarks and options are named with the valid ones."""
     spec = dict(spec)
     name = spec.pop("benchmark", "forward")
     if name not in BENCHMARKS:
@@ -239,4 +177,10 @@ def run_benchmark(spec: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{name} benchmark: unknown option(s) {', '.join(unknown)}; valid: "
                          f"{', '.join(valid)}")
-    return BENCHMARKS[name](**spec)
+    return BENCHMARKS[name], spec
+
+
+def run_benchmark(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the benchmark a spec names (see `check_spec`)."""
+    fn, kwargs = check_spec(spec)
+    return fn(**kwargs)

@@ -1,7 +1,13 @@
-"""Command line: `jaxdistill run | distill [CONFIG] [key=value ...]` and `jaxdistill bench CONFIG [--json]`."""
+"""Command line: `jaxdistill run | distill [CONFIG] [key=value ...]`, `jaxdistill config show [CONFIG]
+[key=value ...]` and `jaxdistill bench CONFIG [key=value ...] [--json]`.
+
+Every config mistake (unknown key, bad value, missing path, incompatible combination) is a usage
+error (exit 2) before any work starts; errors the run itself meets are reported without a traceback.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -9,9 +15,23 @@ from pathlib import Path
 import click
 import yaml
 
-from jaxdistill.run_config import RunConfigError, load_run_config
+from jaxdistill.bench import PRESETS, check_spec, run_benchmark
+from jaxdistill.config import RunConfigError, dump, load_config, merge, parse_override
+from jaxdistill.data import BatchingError, DataError
+from jaxdistill.data.formats import FormatError
+from jaxdistill.jobs.distill import run_distill
+from jaxdistill.jobs.smoke import model_smoke
+from jaxdistill.losses import LossInputError
+from jaxdistill.models import CheckpointError, ConfigError
+from jaxdistill.pruning import PruningError
+from jaxdistill.train import TrainingError
 
-JOBS = {"distill": "distill_demo.yaml", "model-smoke": "demo.yaml"}  # job -> embedded default (schema)
+# Errors a run can meet after its config was accepted: reported as one line, without a traceback.
+RUN_ERRORS = (TrainingError, DataError, FormatError, BatchingError, PruningError, CheckpointError, ConfigError,
+              LossInputError)
+
+
+JOB_RUNNERS = {"distill": run_distill, "model-smoke": model_smoke}  # the jobs of `config.JOBS`
 
 
 @click.group()
@@ -19,43 +39,29 @@ def main():
     """jaxdistill: distil a teacher LLM into a pruned student and measure what it costs."""
 
 
-def _job(config_path, overrides) -> str:
-    """The job a command line asks for: a job=... override, else the config file's, else distill."""
-    for text in overrides:
-        if text.startswith("job="):
-            return text.split("=", 1)[1]
-    if config_path is not None and Path(config_path).is_file():
-        loaded = yaml.safe_load(Path(config_path).read_text()) or {}
-        if isinstance(loaded, dict) and "job" in loaded:
-            return loaded["job"]
-    return "distill"
-
-
-def _run_job(args, default_job=None):
-    from jaxdistill.models import ConfigError
-    from jaxdistill.train import TrainingError
-
-    config_path = None
+def _split_args(args) -> tuple[str | None, list[str]]:
+    """(CONFIG file or None, key=value overrides)."""
     if args and "=" not in args[0]:
-        config_path, args = args[0], args[1:]
-    job = default_job or _job(config_path, args)
-    if job not in JOBS:
-        raise click.UsageError(f"job={job!r}: valid jobs are {', '.join(JOBS)}")
+        return args[0], list(args[1:])
+    return None, list(args)
+
+
+def _load(args, *, job: str | None = None, check_paths: bool = True):
+    path, overrides = _split_args(args)
+    if job is not None:
+        overrides = [f"job={job}", *overrides]
+    try:
+        return load_config(path, overrides, check_paths=check_paths)
+    except RunConfigError as err:
+        raise click.UsageError(str(err)) from err
+
+
+def _run_job(config) -> None:
     log = lambda msg: click.echo(msg, err=True)
     try:
-        config = load_run_config(config_path, args, default=JOBS[job])
-        if job == "model-smoke":
-            from jaxdistill.smoke import model_smoke
-
-            model_smoke(config, log=log)
-        else:
-            from jaxdistill.train import run_distill
-
-            run_distill(config, log=log)
-    except (RunConfigError, ConfigError) as err:
-        raise click.UsageError(str(err)) from err
-    except TrainingError as err:
-        raise click.ClickException(str(err)) from err
+        JOB_RUNNERS[config.job](config, log=log)
+    except RUN_ERRORS as err:
+        raise click.ClickException(f"{type(err).__name__}: {err}") from err
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -63,32 +69,45 @@ def _run_job(args, default_job=None):
 def run(args):
     """Run the job a config describes (no CONFIG: the embedded finance-topic distillation demo),
     with key=value overrides; `job=model-smoke` runs the model smoke job instead."""
-    _run_job(args)
+    _run_job(_load(args))
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1)
 def distill(args):
     """Distil (and prune) a student: CONFIG (default: the shipped finance-topic demo) and key=value overrides."""
-    _run_job(args, default_job="distill")
+    _run_job(_load(args, job="distill"))
 
 
-@main.command()
-@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@main.group()
+def config():
+    """Inspect run configs."""
+
+
+@config.command("show", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+def config_show(args):
+    """Print the resolved config (defaults <- CONFIG <- overrides) as YAML; paths are not checked."""
+    click.echo(dump(_load(args, check_paths=False)), nl=False)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.argument("overrides", nargs=-1)
-def bench(config, as_json, overrides):
-    """Run the benchmark a YAML file describes (e.g. jaxdistill/configs/bench/forward_cpu.yaml)."""
-    from jaxdistill.bench import run_benchmark
-    from jaxdistill.run_config import parse_override
-
-    spec = yaml.safe_load(config.read_text()) or {}
+def bench(config_file, as_json, overrides):
+    """Run the benchmark a YAML file describes (e.g. jaxdistill/configs/bench/forward_cpu.yaml);
+    key=value overrides merge into it (model.hidden_size=64 keeps the rest of model:)."""
     try:
+        spec = yaml.safe_load(config_file.read_text()) or {}
+        if spec.get("model") in PRESETS and any(text.startswith("model.") for text in overrides):
+            spec["model"] = dataclasses.asdict(PRESETS[spec["model"]])  # a preset's fields, to override one
         for text in overrides:
-            spec.update(parse_override(text))
-        result = run_benchmark(spec)
-    except (RunConfigError, ValueError) as err:
-        raise click.UsageError(str(err)) from err
+            spec = merge(spec, parse_override(text))
+        check_spec(spec)
+    except (RunConfigError, ValueError, yaml.YAMLError) as err:
+        raise click.UsageError(f"{config_file}: {err}") from err
+    result = run_benchmark(spec)
     if as_json:
         click.echo(json.dumps(result))
     else:

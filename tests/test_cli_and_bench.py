@@ -6,12 +6,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
-from jaxdistill.bench import forward_flops_per_token, run_benchmark
+from jaxdistill.bench import check_spec, run_benchmark
 from jaxdistill.cli import main
+from jaxdistill.config import JOBS, RunConfigError, load_config, packaged_config, parse_override
 from jaxdistill.models import ModelConfig
-from jaxdistill.run_config import RunConfigError, load_run_config, parse_override
+from jaxdistill.perf import forward_flops_per_token
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["job=model-smoke", "model.num_layers=2", "batch.seq_len=64", "batch.rows=2"]
@@ -28,7 +30,8 @@ def test_run_default_job_writes_result(tmp_path):
 
 def test_run_with_config_file(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(f"job: model-smoke\nrun_dir: {tmp_path / 'r'}\nmodel:\n  model_type: llama\n  qk_norm: false\n")
+    config.write_text(f"job: model-smoke\nrun_dir: {tmp_path / 'r'}\nmodel: {{model_type: llama, vocab_size: 256, "
+                      "hidden_size: 64, intermediate_size: 128, num_layers: 4, num_heads: 4, num_kv_heads: 2, head_dim: 16}\n")
     result = CliRunner().invoke(main, ["run", str(config), *SMALL[1:]])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "model" / "config.json").read_text())["model_type"] == "llama"
@@ -36,10 +39,10 @@ def test_run_with_config_file(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["job=model-smoke", "modle.num_layers=2"], "unknown config key 'modle'; valid keys here: batch, job, model"),
-    (["job=model-smoke", "model.num_layers=two"], "'model.num_layers' = 'two': expected a int"),
+    (["job=model-smoke", "model.num_layers=two"], "model: num_layers='two': must be a positive integer"),
     (["job=model-smoke", "model.model_type=gpt2"], "unsupported model_type 'gpt2'"),
     (["missing.yaml"], "config file 'missing.yaml' does not exist"),
-    (["job=train"], "job='train': valid jobs are distill, model-smoke"),
+    (["job=train"], "job='train'; valid: distill, model-smoke"),
     (["teacher.model.model_type=gpt2"], "unsupported model_type 'gpt2'"),
 ])
 def test_run_bad_input_is_a_usage_error(args, message, tmp_path):
@@ -52,11 +55,11 @@ def test_run_bad_input_is_a_usage_error(args, message, tmp_path):
 def test_overrides_parse_yaml_values():
     assert parse_override("a.b=3") == {"a": {"b": 3}}
     assert parse_override("x=[1, 2]") == {"x": [1, 2]}
-    assert load_run_config(None, ["model.param_dtype=bfloat16"])["model"]["param_dtype"] == "bfloat16"
+    assert load_config(None, ["job=model-smoke", "model.param_dtype=bfloat16"]).model["param_dtype"] == "bfloat16"
     with pytest.raises(RunConfigError, match="not key=value"):
         parse_override("seed")
     with pytest.raises(RunConfigError, match="is a section"):
-        load_run_config(None, ["model=3"])
+        load_config(None, ["data=3"])
 
 
 def test_bench_json_last_line(tmp_path):
@@ -103,9 +106,38 @@ def test_console_script_installed():
 
 
 def test_shipped_configs_validate():
-    """Every shipped run config is valid against its job's schema (keys and types)."""
-    from jaxdistill.cli import JOBS, _job
+    """Every shipped YAML is valid: run configs against their job's schema (keys, types, choices,
+    ranges, combinations; paths are the user's), benchmark specs against the benchmark's options."""
+    run_configs = sorted(packaged_config("").glob("*.yaml"))
+    assert [p.name for p in run_configs] == ["finheadlinemix_qwen3.yaml"]
+    config = load_config(run_configs[0], check_paths=False)
+    assert config.job == "distill" and config.data.format == "blended" and config.teacher.path == "/models/Qwen3-32B"
+    bench_specs = sorted(packaged_config("bench").glob("*.yaml"))
+    assert len(bench_specs) == 3
+    for path in bench_specs:
+        check_spec(yaml.safe_load(path.read_text()))
 
-    for path in [ROOT / "configs" / "finheadlinemix_qwen3.yaml"]:
-        config = load_run_config(path, default=JOBS[_job(path, [])])
-        assert config["job"] == "distill" and config["data"]["format"] == "blended"
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_config_show_round_trips(job, tmp_path):
+    """`config show` prints every key resolved; loading what it prints gives the same config."""
+    result = CliRunner().invoke(main, ["config", "show", f"job={job}", "seed=7"])
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.output)
+    assert shown["seed"] == 7 and shown["job"] == job
+    printed = tmp_path / "shown.yaml"
+    printed.write_text(result.output)
+    assert load_config(printed, check_paths=False) == load_config(None, [f"job={job}", "seed=7"], check_paths=False)
+
+
+def test_bench_overrides_merge_deep(tmp_path):
+    spec = tmp_path / "b.yaml"
+    spec.write_text("benchmark: forward\nmodel: {model_type: llama, vocab_size: 64, hidden_size: 64,"
+                    " intermediate_size: 64, num_layers: 2, num_heads: 4, num_kv_heads: 2, head_dim: 8}\n"
+                    "batch: 2\nseq: 16\niters: 1\n")
+    result = CliRunner().invoke(main, ["bench", str(spec), "--json", "model.hidden_size=32", "seq=8"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])
+    assert out["seq"] == 8 and out["flops_per_step"] == 16 * forward_flops_per_token(ModelConfig(
+        model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+        num_heads=4, num_kv_heads=2, head_dim=8), 8)

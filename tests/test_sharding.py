@@ -47,7 +47,8 @@ def test_sharded_forward_equals_single_device(shape):
     batch = activation_sharding(mesh, 2)
     logits = forward(CONFIG, sharded, jax.device_put(tokens, batch),
                      segment_ids=jax.device_put(segments, batch), mesh=mesh)
-    assert np.abs(np.asarray(logits) - reference).max() <= 1e-5
+    # sharded matmuls sum in another order: fp32 noise up to ~1e-5 on logits of |6| (as the parity tests)
+    assert np.abs(np.asarray(logits) - reference).max() <= 1e-4
     q = sharded["layers"]["attn"]["q"]["kernel"]
     assert q.sharding.spec == logical_to_spec(("layers", "embed", "q_heads", "head_dim"), q.shape, mesh)
     # The kernel really is split: each device holds 1/(fsdp*tensor) of it.
@@ -78,7 +79,7 @@ def test_load_pretrained_with_mesh(checkpoints):
     assert sharded["layers"]["attn"]["q"]["kernel"].sharding.spec == P(None, None, "tensor", None)
     tokens = jnp.asarray(np.stack(random_sequences([12, 12])))
     np.testing.assert_allclose(np.asarray(forward(config, sharded, tokens)),
-                               np.asarray(forward(config, single, tokens)), atol=1e-5, rtol=0)
+                               np.asarray(forward(config, single, tokens)), atol=1e-4, rtol=0)  # summation-order noise
 
 
 def test_rules_replicate_indivisible_axes():

@@ -178,7 +178,3 @@ def stratified_subsample(labels, size: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     chosen = [rng.permutation(np.flatnonzero(labels == c))[:n] for c, n in zip(classes, take)]
     return np.sort(np.concatenate(chosen))
-
-
-__all__ = ["ClassificationData", "DataError", "data_dir", "from_table", "load_source",
-           "stratified_split", "stratified_subsample"]

@@ -1,8 +1,8 @@
-"""The model smoke job (`jaxdistill run` until the distillation pipeline lands).
+"""The model smoke job (`jaxdistill run job=model-smoke`, config `SmokeConfig`).
 
-Builds a random model from the run config, exports it in Hugging Face format, imports it back,
-and runs the forward pass on a packed batch of random examples; checks the round trip is exact and
-the logits finite, and writes `result.json` (atomically) into the run directory.
+Builds a random model, exports it in Hugging Face format, imports it back, and runs the forward
+pass on a packed batch of random examples; checks the round trip is exact and the logits finite,
+and writes `result.json` (atomically) into the run directory.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.atomic_files import write_json
+from jaxdistill.config import SmokeConfig
 from jaxdistill.models import ModelConfig, forward, init_params, load_pretrained, save_pretrained
 
 
@@ -28,11 +29,11 @@ def packed_random_batch(rng: np.random.Generator, rows: int, seq_len: int, per_r
     return tokens, np.broadcast_to(segments, (rows, seq_len)).copy()
 
 
-def model_smoke(run: dict[str, Any], log=print) -> dict[str, Any]:
-    run_dir = Path(run["run_dir"])
+def model_smoke(run: SmokeConfig, log=print) -> dict[str, Any]:
+    run_dir = Path(run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = ModelConfig(**run["model"])
-    params = init_params(config, jax.random.key(run["seed"]))
+    config = ModelConfig(**run.model)
+    params = init_params(config, jax.random.key(run.seed))
     n_params = sum(x.size for x in jax.tree.leaves(params))
     log(f"model: {config.model_type}, {n_params / 1e6:.2f}M parameters, {config.num_layers} layers")
 
@@ -42,9 +43,9 @@ def model_smoke(run: dict[str, Any], log=print) -> dict[str, Any]:
                                             compute_dtype=config.compute_dtype)
     log(f"exported to and re-imported from {export_dir}")
 
-    b = run["batch"]
-    tokens, segments = packed_random_batch(np.random.default_rng(run["seed"]), b["rows"],
-                                           b["seq_len"], b["examples_per_row"], config.vocab_size)
+    b = run.batch
+    tokens, segments = packed_random_batch(np.random.default_rng(run.seed), b.rows, b.seq_len,
+                                           b.examples_per_row, config.vocab_size)
     tokens, segments = jnp.asarray(tokens), jnp.asarray(segments)
     t0 = time.perf_counter()
     logits = forward(config, params, tokens, segment_ids=segments).block_until_ready()

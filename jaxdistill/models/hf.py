@@ -27,6 +27,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
@@ -269,10 +270,9 @@ def _set(tree, path, value):
 # ------------------------------------------------------------------------------------ save
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
+def to_host(x: jax.Array) -> np.ndarray:
+    """A global array as one host numpy array (gathered across processes when it spans them)."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
 
@@ -282,7 +282,7 @@ def _host_tensor(spec: TensorSpec, params: Params, layer: int | None, dtype) -> 
     x = _get(params, spec.path)
     if layer is not None:
         x = x[layer]
-    return spec.to_hf(_to_host(x).astype(dtype, copy=False))
+    return spec.to_hf(to_host(x).astype(dtype, copy=False))
 
 
 def save_pretrained(config: ModelConfig, params: Params, path: str | os.PathLike, *,
@@ -340,7 +340,3 @@ def save_pretrained(config: ModelConfig, params: Params, path: str | os.PathLike
     write_json(path / "config.json", hf_config)
     for stale in set(path.glob("*.safetensors")) - {path / name for name in names}:
         stale.unlink()
-
-
-__all__ = ["CheckpointError", "ConfigError", "load_pretrained", "read_config", "save_pretrained",
-           "tensor_specs"]

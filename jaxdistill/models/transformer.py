@@ -5,6 +5,7 @@ metadata) and the math. Training code never holds a module: it holds `params`, a
 of arrays (`init_params`, `load_pretrained`), and calls the pure function `forward`, which merges
 them into the module graph inside the trace. Per-layer parameters are stacked on a leading
 `layers` axis and the layer body runs under `jax.lax.scan`, so compile time does not grow with depth.
+(About 400 lines on purpose: the whole model reads top to bottom in one file, as in jax-llm-examples.)
 
 Per layer (pre-norm residual, SwiGLU MLP):
 
@@ -38,6 +39,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdistill.models.config import ModelConfig
+from jaxdistill.models.sharding import activation_sharding, tree_shardings
 
 Params = dict[str, Any]
 
@@ -325,8 +327,6 @@ def _constrain_batch(x, mesh):
     """Pin activations [B, ...] to batch sharding over (data, fsdp) when a mesh is given."""
     if mesh is None:
         return x
-    from jaxdistill.models.sharding import activation_sharding
-
     return jax.lax.with_sharding_constraint(x, activation_sharding(mesh, x.ndim))
 
 
@@ -367,8 +367,6 @@ def init_params(config: ModelConfig, key: jax.Array, *, mesh=None) -> Params:
 
     out_shardings = None
     if mesh is not None:
-        from jaxdistill.models.sharding import tree_shardings
-
         out_shardings = tree_shardings(logical_axes(config), abstract_params(config), mesh)
     return jax.jit(init, out_shardings=out_shardings)(key)
 

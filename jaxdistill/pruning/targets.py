@@ -221,7 +221,3 @@ def mask_widths(masks: Masks) -> dict[str, object]:
     return {"kv_heads": heads.any(-1).sum(-1), "heads_per_group": heads.sum(-1),
             "mlp": (np.asarray(masks["mlp"]) > 0).sum(-1), "hidden": int((np.asarray(masks["hidden"]) > 0).sum()),
             "layers": int((np.asarray(masks["layers"]) > 0).sum())}
-
-
-__all__ = ["PruningError", "Widths", "compression_ratio", "mask_widths", "param_count", "prune_to",
-           "widths_for_ratio"]

@@ -1,0 +1,79 @@
+"""The performance model: FLOPs of the workload and the peak they are measured against.
+
+FLOPs are counted the MaxText way: 2 x (multiply-adds of every matmul), causal attention halved
+(QK^T and AV each cost 2*T*H*D per token per layer before halving). A distillation step counts the
+student's forward x3 (forward + backward) and a live teacher's forward x1. MFU = FLOPs / time / peak.
+Peak: on CPU, an fp32 matmul ceiling measured in the same process, right before the run, at the
+workload's own matmul shapes (the machine is shared, so a stale number would mislead); on
+accelerators, the datasheet dense bf16 peak for the device kind.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from jaxdistill.models import ModelConfig
+
+
+# Dense bf16 peak, TFLOP/s per chip, from the vendors' datasheets (substring of device_kind).
+# More specific names first: "H100 PCIe" must match before "H100" (SXM).
+DATASHEET_PEAK_TFLOPS = {
+    "H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0,
+    "TPU v6": 918.0, "TPU v5p": 459.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v4": 275.0,
+}
+
+def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Matmul FLOPs of one forward pass per token (causal attention halved)."""
+    c = config
+    d, H, K, D, F = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size
+    projections = d * H * D + 2 * d * K * D + H * D * d + 3 * d * F
+    attention = 2 * seq_len * H * D  # (QK^T + AV) = 4*T*H*D, halved for the causal mask
+    return 2 * c.num_layers * projections + c.num_layers * attention + 2 * d * c.vocab_size
+
+
+def matmul_shapes(config: ModelConfig, tokens: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of the workload's main matmuls."""
+    c = config
+    return [(tokens, c.hidden_size, c.num_heads * c.head_dim),
+            (tokens, c.hidden_size, c.intermediate_size),
+            (tokens, c.intermediate_size, c.hidden_size),
+            (tokens, c.hidden_size, c.vocab_size)]
+
+
+def measure_matmul_peak(shapes, dtype=jnp.float32, repeats: int = 7) -> float:
+    """The ceiling: best achieved FLOP/s over `shapes` (M, K, N) and over `repeats` timed runs."""
+    best = 0.0
+    for m, k, n in shapes:
+        a = jnp.ones((m, k), dtype)
+        b = jnp.ones((k, n), dtype)
+        f = jax.jit(jnp.matmul)
+        f(a, b).block_until_ready()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f(a, b).block_until_ready()
+            times.append(time.perf_counter() - t0)
+        best = max(best, 2 * m * k * n / min(times))
+    return best
+
+
+def peak_flops(config: ModelConfig, tokens: int) -> tuple[float, str]:
+    """(peak FLOP/s, how it was obtained) for the default backend."""
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return measure_matmul_peak(matmul_shapes(config, tokens)), "measured fp32 matmul ceiling"
+    for kind, tflops in DATASHEET_PEAK_TFLOPS.items():
+        if kind.lower() in device.device_kind.lower():
+            return tflops * 1e12, f"datasheet bf16 ({kind})"
+    # MFU is then NaN: a missing datasheet entry must not stop a run (the benchmark takes peak_tflops=)
+    return float("nan"), f"unknown: no datasheet peak for {device.device_kind!r} (known: {', '.join(DATASHEET_PEAK_TFLOPS)})"
+
+
+
+def step_flops(student: ModelConfig, teacher: ModelConfig | None, tokens: int, seq_len: int) -> dict[str, float]:
+    """FLOPs of one distillation step: student forward+backward (x3), a live teacher's forward (x1)."""
+    teacher_flops = 0.0 if teacher is None else forward_flops_per_token(teacher, seq_len) * tokens
+    return {"student": float(3 * forward_flops_per_token(student, seq_len) * tokens), "teacher": float(teacher_flops)}

@@ -1,0 +1,124 @@
+"""The host loop: step, run stage hooks (pruning), log, check finiteness, checkpoint, stop.
+
+    for step in range(start, steps):
+        state = hooks[step](state)              # e.g. a pruning stage (state -> state), untimed
+        state, metrics = train_step(state, teacher, batch)
+        every log_every: check finite, write metrics     every checkpoint_every: check finite, save
+
+The loop knows nothing of models or configs: it takes a step function, a batch source with
+`state()` / `restore()` (for resume), hooks, a `Checkpoints` and a `MetricsLog`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import jax
+from tqdm import tqdm
+
+from jaxdistill.train.checkpoints import Checkpoints, abstract_like
+from jaxdistill.train.metrics import MetricsLog, StepTimer, host_metrics
+from jaxdistill.train.errors import TrainingError
+from jaxdistill.train.step import TrainState
+
+Hook = Callable[[TrainState], TrainState]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 120
+    batch_size: int = 16               # rows per step (global), packed
+    seq_len: int = 192
+    micro_batches: int = 1
+    log_every: int = 10
+    checkpoint_every: int = 40
+    keep_checkpoints: int = 2
+    stop_at_step: int | None = None    # end this process early (as if killed) — for resume tests
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "seq_len", "micro_batches", "log_every", "checkpoint_every",
+                     "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"train.{name}={getattr(self, name)}: must be >= 1")
+        if self.stop_at_step is not None and self.stop_at_step < 1:
+            raise TrainingError(f"train.stop_at_step={self.stop_at_step}: must be >= 1, or null")
+        if self.batch_size % self.micro_batches:
+            raise TrainingError(f"train.batch_size={self.batch_size} is not a multiple of train.micro_batches="
+                                f"{self.micro_batches}")
+
+
+def resume(checkpoints: Checkpoints, state: TrainState, batches, *, config: dict,
+           ignore: tuple[str, ...] = ()) -> tuple[TrainState, int | None]:
+    """The latest checkpoint restored into `state`'s placement (and `batches` rewound), if any. The
+    run config saved with it must equal `config` (keys in `ignore` aside): resuming a different run
+    would silently mix two experiments."""
+    latest = checkpoints.latest_step()
+    if latest is None:
+        return state, None
+    state, data_state, saved = checkpoints.restore(latest, abstract_like(state))
+    changed = sorted(k for k in set(_flat(saved)) | set(_flat(config))
+                     if k not in ignore and _flat(saved).get(k) != _flat(config).get(k))
+    if changed:
+        raise TrainingError(f"{checkpoints.directory} holds a run with other settings ({', '.join(changed)}): "
+                            "use another run_dir, or the same settings to resume")
+    batches.restore(data_state)
+    return state, latest
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{'a.b': value} for a nested dict (lists compared as lists)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def check_finite(state: TrainState, checkpoints: Checkpoints, name: str) -> None:
+    bad = int(jax.device_get(state.first_bad_step))
+    if bad >= 0:
+        raise TrainingError(f"{name}: the loss or the weights became non-finite at step {bad}; stopped. "
+                            f"The last good checkpoint is step {checkpoints.latest_step()} in "
+                            f"{checkpoints.directory}")
+
+
+def train_loop(train_step, state: TrainState, batches, *, steps: int, train: TrainConfig,
+               checkpoints: Checkpoints, metrics: MetricsLog, config: dict, teacher=None, hooks: Mapping[int, Hook] = {},
+               record: Callable[[float], dict] = lambda step_s: {"step_time_s": step_s},
+               name: str = "student") -> tuple[TrainState, dict]:
+    """Steps `state` to `steps` (or train.stop_at_step); returns (state, the last logged record).
+    `train_step(state, teacher, batch) -> (state, metrics)` (a `CompiledStep`); `record(step_s)` adds
+    throughput fields to each logged record; `config` is saved with every checkpoint."""
+    start = int(jax.device_get(state.step))
+    timer, last = StepTimer(), {}
+    bar = tqdm(total=steps, initial=start, desc=name, disable=jax.process_index() != 0, mininterval=2.0)
+    try:
+        for step in range(start, steps):
+            if step in hooks:
+                with timer.paused():
+                    state = hooks[step](state)
+            timer.start_step()
+            state, step_metrics = train_step(state, teacher, next(batches))
+            timer.end_step(state)
+            done = step + 1
+            logging = done % train.log_every == 0 or done == steps
+            saving = done % train.checkpoint_every == 0 or done == steps
+            if logging or saving:
+                check_finite(state, checkpoints, name)
+            if logging:
+                last = {"step": done, **host_metrics(step_metrics), **record(timer.window()),
+                        "first_step_s": timer.first_step_s, "step_compilations": train_step.compilations}
+                metrics.write(last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+            bar.update(1)
+            if saving:
+                checkpoints.save(done, state, batches.state(), config)
+            if train.stop_at_step is not None and done >= train.stop_at_step:
+                break
+    finally:
+        bar.close()
+        metrics.close()
+    return state, last

@@ -1,5 +1,6 @@
-"""Command line: `jaxdistill run | distill [CONFIG] [key=value ...]`, `jaxdistill config show [CONFIG]
-[key=value ...]` and `jaxdistill bench CONFIG [key=value ...] [--json]`.
+"""Command line: `jaxdistill run | distill [CONFIG] [key=value ...]`, `jaxdistill eval (RUN_DIR | HF_DIR)
+[--suites a,b] [--limit N]`, `jaxdistill config show [CONFIG] [key=value ...]` and
+`jaxdistill bench CONFIG [key=value ...] [--json]`.
 
 Every config mistake (unknown key, bad value, missing path, incompatible combination) is a usage
 error (exit 2) before any work starts; errors the run itself meets are reported without a traceback.
@@ -19,7 +20,10 @@ from jaxdistill.bench import PRESETS, check_spec, run_benchmark
 from jaxdistill.config import RunConfigError, dump, load_config, merge, parse_override
 from jaxdistill.data import BatchingError, DataError
 from jaxdistill.data.formats import FormatError
+from jaxdistill.evaluate.loglik import EvaluationError
+from jaxdistill.evaluate.run import available_suites, check_suites, summary_table
 from jaxdistill.jobs.distill import run_distill
+from jaxdistill.jobs.evaluation import evaluate_dir
 from jaxdistill.jobs.smoke import model_smoke
 from jaxdistill.losses import LossInputError
 from jaxdistill.models import CheckpointError, ConfigError
@@ -79,6 +83,30 @@ def distill(args):
     _run_job(_load(args, job="distill"))
 
 
+@main.command("eval", context_settings={"ignore_unknown_options": True})
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--suites", default=None, help=f"Comma-separated suites (default: the run's); available: "
+              f"{', '.join(available_suites())}.")
+@click.option("--limit", type=int, default=None, help="Examples per suite (default: the run's eval.limit).")
+@click.argument("overrides", nargs=-1)
+def eval_command(path, suites, limit, overrides):
+    """Evaluate a run directory (its teacher and student, on the run's held-out split) or a Hugging
+    Face model directory; prints a table and writes eval.json into PATH. key=value overrides set the
+    data and eval sections (e.g. data.tokenizer=DIR for an HF model with its own tokenizer)."""
+    names = None if suites is None else tuple(s.strip() for s in suites.split(",") if s.strip())
+    try:
+        if names is not None:
+            check_suites(names)
+        results = evaluate_dir(path, list(overrides), suites=names, limit=limit,
+                               log=lambda msg: click.echo(msg, err=True))
+    except (EvaluationError, RunConfigError) as err:
+        raise click.UsageError(str(err)) from err
+    except RUN_ERRORS as err:
+        raise click.ClickException(f"{type(err).__name__}: {err}") from err
+    click.echo(summary_table(results))
+    click.echo(f"written to {path / 'eval.json'}", err=True)
+
+
 @main.group()
 def config():
     """Inspect run configs."""
@@ -100,7 +128,7 @@ def bench(config_file, as_json, overrides):
     key=value overrides merge into it (model.hidden_size=64 keeps the rest of model:)."""
     try:
         spec = yaml.safe_load(config_file.read_text()) or {}
-        if spec.get("model") in PRESETS and any(text.startswith("model.") for text in overrides):
+        if isinstance(spec.get("model"), str) and spec["model"] in PRESETS and any(t.startswith("model.") for t in overrides):
             spec["model"] = dataclasses.asdict(PRESETS[spec["model"]])  # a preset's fields, to override one
         for text in overrides:
             spec = merge(spec, parse_override(text))

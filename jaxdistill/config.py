@@ -8,6 +8,7 @@
       optimizer  OptimizerConfig   AdamW with warm-up and decay
       train      TrainConfig       steps, batch, checkpoints, logging
       pruning    PruningConfig | None   iterative structured pruning (null: none)
+      eval       evaluate.EvalConfig | None   held-out split and suites for teacher / pruned-only / student
     SmokeConfig                    the `model-smoke` job
 
 Every knob has one home, with its default, in these dataclasses; each section is the object the
@@ -33,10 +34,12 @@ import yaml
 
 from jaxdistill.data import FORMATS
 from jaxdistill.data.teacher_cache import TARGET_METHODS
+from jaxdistill.evaluate.loglik import EvaluationError
+from jaxdistill.evaluate.run import EvalConfig
 from jaxdistill.losses import LossConfig, LossInputError
 from jaxdistill.models import ConfigError, ModelConfig
 from jaxdistill.pruning import IMPORTANCE_METHODS, PruningError, PruningSchedule
-from jaxdistill.pruning.targets import RATIO_OF, SPLITS
+from jaxdistill.pruning.widths import RATIO_OF, SPLITS
 from jaxdistill.train import LoraConfig, OptimizerConfig, TrainConfig, TrainingError
 from jaxdistill.train.step import TEACHER_TARGETS, TRAINABLE
 
@@ -173,6 +176,7 @@ class RunConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     pruning: PruningConfig | None = dataclasses.field(default_factory=PruningConfig)
+    eval: EvalConfig | None = dataclasses.field(default_factory=EvalConfig)  # null: no evaluation, no held-out split
 
     def __post_init__(self):
         check_choice("job", self.job, ("distill",))
@@ -303,9 +307,10 @@ def _has_type(value, hint) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
         items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
-        return isinstance(value, (list, tuple)) and len(value) == len(items) and all(
-            _has_type(v, a) for v, a in zip(value, items))
+        return len(value) == len(items) and all(_has_type(v, a) for v, a in zip(value, items))
     if origin is dict:
         return isinstance(value, dict)
     return isinstance(value, hint)
@@ -344,7 +349,7 @@ def _reason(err: BaseException) -> str:
     errors in a generic ParsingError), or draccus' own message for a bad type or shape."""
     while isinstance(err, draccus.utils.ParsingError) and err.__cause__ is not None:
         err = err.__cause__
-    ours = (RunConfigError, LossInputError, PruningError, TrainingError, ConfigError)
+    ours = (RunConfigError, LossInputError, PruningError, TrainingError, ConfigError, EvaluationError)
     return str(err) if isinstance(err, ours) else f"bad config value: {err}"
 
 
@@ -367,7 +372,7 @@ def load_config(path: str | Path | None = None, overrides=(), *, check_paths: bo
     try:
         config = draccus.decode(cls, tree)
     except (draccus.utils.DecodingError, draccus.utils.ParsingError, RunConfigError, LossInputError, PruningError,
-            TrainingError) as err:
+            TrainingError, EvaluationError) as err:
         raise RunConfigError(_reason(err)) from err
     if check_paths:
         config.check_paths()

@@ -15,12 +15,13 @@ from jaxdistill.jobs.distill import run_distill  # noqa: E402
 from jaxdistill.models import initialize_distributed  # noqa: E402
 
 # A tiny run: a teacher trained here for 2 steps (saved from both processes), a random student,
-# live teacher, blended loss, one pruning stage, 6 steps.
+# live teacher, blended loss, one pruning stage, 6 steps, in-domain evaluation of the three models.
 OVERRIDES = ["mesh=[2,2,1]", "data.subsample=64", "data.max_len=40", "train.seq_len=80", "train.batch_size=4",
              "teacher.prepare_steps=2", "student.init=random", "teacher.model.hidden_size=32", "teacher.model.intermediate_size=64",
              "teacher.model.num_layers=2", "teacher.model.head_dim=8", "train.steps=6", "train.log_every=1",
              "train.checkpoint_every=3", "pruning.start=2", "pruning.stages=1", "pruning.final_ratio=0.3",
-             "pruning.multiple=8", "pruning.calibration_batches=1", "loss.chunk_size=64"]
+             "pruning.multiple=8", "pruning.calibration_batches=1", "loss.chunk_size=64",
+             "eval.suites=[in_domain]", "eval.limit=8", "eval.batch_size=4"]
 
 
 def main(mode: str, run_dir: str, port: str = "", process_id: str = ""):

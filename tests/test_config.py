@@ -62,6 +62,8 @@ def test_config_file_then_overrides(tmp_path):
     ("train.stop_at_step=0", "train.stop_at_step=0: must be >= 1"),
     ("student.lora.alpha=0", "alpha=0.0 (> 0)"),
     ("job=[a]", "job=['a']; valid: distill, model-smoke"),
+    ("eval.suites=[in_domain, trivia]", "unknown eval suite(s) ['trivia']; available: in_domain"),
+    ("eval.held_out=1.5", "eval.held_out=1.5: must be in (0, 1)"),
 ])
 def test_bad_config_is_a_usage_error_before_any_work(override, message, tmp_path):
     result = CliRunner().invoke(main, ["run", f"run_dir={tmp_path / 'run'}", override])

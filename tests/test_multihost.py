@@ -73,6 +73,10 @@ def test_two_process_distillation_equals_one_process(tmp_path):
         losses[name] = [r["loss"] for r in records]
     assert len(losses["single"]) == 6
     np.testing.assert_allclose(losses["multi"], losses["single"], rtol=1e-5, atol=1e-6)
+    evals = {name: json.loads((tmp_path / name / "result.json").read_text())["eval"] for name in ("single", "multi")}
+    for model in ("teacher", "pruned_only", "student"):
+        scores = [evals[name][model]["in_domain"]["metrics"] for name in ("single", "multi")]
+        assert scores[0]["acc"] == scores[1]["acc"] and scores[0]["macro_f1"] == pytest.approx(scores[1]["macro_f1"])
     for model in ("teacher", "student"):  # the teacher trained here (2 steps) and the exported student
         single = load_file(str(tmp_path / "single" / model / "model.safetensors"))
         multi = load_file(str(tmp_path / "multi" / model / "model.safetensors"))

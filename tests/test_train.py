@@ -91,7 +91,8 @@ def _single_device_steps(c):
     return losses, jax.tree.map(np.asarray, state.params)
 
 
-@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2), (1, 4, 2)])
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), pytest.param((2, 2, 2), marks=pytest.mark.slow),
+                                        pytest.param((1, 4, 2), marks=pytest.mark.slow)])
 def test_sharded_steps_equal_single_device(mesh_shape):
     c = _step_config(micro_batches=2, learning_rate=1e-2, total_steps=5)
     single, single_params = _single_device_steps(c)
@@ -162,7 +163,7 @@ def _run(tmp_path, *overrides):
             "teacher.model.intermediate_size=64", "teacher.model.num_layers=2", "teacher.model.head_dim=8",
             "train.steps=10", "train.log_every=1", "train.checkpoint_every=5", "pruning.start=2",
             "pruning.interval=3", "pruning.stages=2", "pruning.multiple=8", "pruning.calibration_batches=2",
-            "loss.chunk_size=64"]
+            "loss.chunk_size=64", "eval=null"]  # evaluation in a run: tests/test_eval_run.py
     return load_config(None, base + list(overrides))
 
 
@@ -239,6 +240,7 @@ def test_sigkill_during_checkpoint_save_keeps_previous(tmp_path):
     np.testing.assert_array_equal(np.asarray(state["w"]), np.arange(1000.0))
 
 
+@pytest.mark.slow  # the same equality at the step level: test_teacher_targets_none_live_cached_with_full_and_lora
 def test_cached_mode_with_full_topk_equals_live_forward_kl(tmp_path):
     """Cached sparse targets with k = V (top-k, exact) give the live forward-KL loss at step 1."""
     common = ["pruning=null", "train.steps=1", "loss.temperature=1.0", "student.init=random", "loss.kind=divergence"]
@@ -313,11 +315,12 @@ def test_teacher_targets_none_live_cached_with_full_and_lora(trainable):
     assert first["live"] > first["none"]  # the KL term adds to the same CE terms
 
 
+@pytest.mark.slow  # the step itself: test_teacher_targets_none_live_cached_with_full_and_lora[lora]
 def test_lora_from_a_cached_teacher_end_to_end(tmp_path):
     """The combination the old `mode` could not express: adapters trained on cached teacher targets,
     through the whole job (cache build, batches with targets, merge, compaction, export)."""
     result = run_distill(_run(tmp_path, "pruning=null", "train.steps=3", "teacher.targets=cached",
-                              "student.trainable=lora", "teacher.cache.k=8"), log=lambda m: None)
+                              "student.trainable=lora", "teacher.cache.k=8", "student.init=random"), log=lambda m: None)
     assert result["steps"] == 3 and result["teacher_targets"] == "cached" and result["trainable"] == "lora"
     assert np.isfinite(result["final"]["kl"]) and result["final"]["kl"] > 0
     assert (tmp_path / "student" / "model.safetensors").is_file()

@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill.atomic_files import write_json
-from jaxdistill.config import RunConfig, to_dict
-from jaxdistill.data import (BatchIterator, TargetSettings, Template, build_teacher_cache, encode_dataset,
-                             load_source, load_tokenizer, stratified_subsample)
+from jaxdistill.atomic_files import atomic_write, write_json
+from jaxdistill.config import RunConfig, dump, to_dict
+from jaxdistill.data import BatchIterator, TargetSettings, build_teacher_cache, encode_dataset, load_tokenizer
+from jaxdistill.jobs.evaluation import evaluate_model, pruned_only, report, split_data, suites_of, template_of
 from jaxdistill.losses import CrossEntropyLoss
 from jaxdistill.models import (ModelConfig, init_params, load_pretrained, logical_axes, make_mesh, save_pretrained,
                                shard_params)
@@ -41,19 +41,19 @@ from jaxdistill.train import (Checkpoints, MetricsLog, StepConfig, TrainingError
 
 
 def prepare_data(run: RunConfig, log):
-    """(tokenizer, encoded examples, encoding counts)."""
+    """(tokenizer, encoded training examples, encoding counts, held-out data or None); the row ids of
+    both sides are written to run_dir/split.json."""
     d = run.data
     tokenizer = load_tokenizer(d.tokenizer)
-    data = load_source(d.source, split=d.split, text_column=d.text_column, label_column=d.label_column,
-                       rationale_column=d.rationale_column)
-    if d.subsample:
-        data = data.subset(stratified_subsample(data.labels, min(d.subsample, len(data)), seed=run.seed))
-    template = Template(instruction=d.instruction, use_chat_template=False) if d.instruction else Template()
-    examples, counts = encode_dataset(data, tokenizer, format=d.format, template=template, max_len=d.max_len)
+    data, held_out, ids = split_data(run)
+    if jax.process_index() == 0:
+        write_json(Path(run.run_dir) / "split.json", ids)
+    examples, counts = encode_dataset(data, tokenizer, format=d.format, template=template_of(run), max_len=d.max_len)
     if not examples:
         raise TrainingError(f"no examples left after encoding: {counts}")
-    log(f"data: {len(examples)} examples ({counts}), vocab {len(tokenizer)}")
-    return tokenizer, examples, counts
+    held = "" if held_out is None else f", {len(held_out)} held out"
+    log(f"data: {len(examples)} examples ({counts}){held}, vocab {len(tokenizer)}")
+    return tokenizer, examples, counts, held_out
 
 
 class DeviceBatches:
@@ -141,15 +141,20 @@ def init_student(run: RunConfig, teacher_config: ModelConfig, teacher, mesh, key
     return teacher_config, shard_params(params, logical_axes(teacher_config), mesh)
 
 
+def calibration_batches(run: RunConfig, examples, mesh) -> list[dict]:
+    """The pruning calibration batches (tokens, segment ids), from their own batch order."""
+    data = batches(run, examples, mesh, seed_offset=200)
+    return [{k: v for k, v in next(data).items() if k in ("tokens", "segment_ids")}
+            for _ in range(run.pruning.calibration_batches)]
+
+
 def pruning_hooks(run: RunConfig, c: StepConfig, examples, mesh, log) -> dict:
     """{step: stage(state, shardings) -> state} for each stage of the pruning schedule."""
     p = run.pruning
     if p is None:
         return {}
     schedule = p.schedule()
-    calibration_batches = batches(run, examples, mesh, seed_offset=200)
-    calibration = [{k: v for k, v in next(calibration_batches).items() if k in ("tokens", "segment_ids")}
-                   for _ in range(p.calibration_batches)]
+    calibration = calibration_batches(run, examples, mesh)
 
     def stage(state, *, step: int, shardings):
         current = student_params(c, state.params, state.lora, state.masks)
@@ -185,7 +190,9 @@ def run_distill(run: RunConfig, log=print) -> dict:
                             "use teacher.targets=live on several processes")
     run_dir = Path(run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer, examples, counts = prepare_data(run, log)
+    if jax.process_index() == 0:
+        atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(dump(run)))
+    tokenizer, examples, counts, held_out = prepare_data(run, log)
     key = jax.random.key(run.seed)
     teacher_config, teacher, done = prepare_teacher(run, len(tokenizer), examples, mesh, key, log)
     if done < run.teacher.prepare_steps:
@@ -193,7 +200,13 @@ def run_distill(run: RunConfig, log=print) -> dict:
     if teacher_config.vocab_size != len(tokenizer):
         raise TrainingError(f"vocab sizes differ: teacher {teacher_config.vocab_size}, tokenizer {len(tokenizer)} "
                             "— teacher and student must share a tokenizer")
+    evals = {}
+    if run.eval is not None:
+        evals["teacher"] = evaluate_model(run, "teacher", teacher_config, teacher, tokenizer, held_out, log)
     student_config, params = init_student(run, teacher_config, teacher, mesh, key)
+    if run.eval is not None and run.pruning is not None:
+        small = pruned_only(run, student_config, params, calibration_batches(run, examples, mesh))
+        evals["pruned_only"] = evaluate_model(run, "pruned_only", *small, tokenizer, held_out, log)
     c = StepConfig(student=student_config, loss=run.loss, optimizer=run.optimizer, total_steps=run.train.steps,
                    teacher=teacher_config, teacher_targets=run.teacher.targets, trainable=run.student.trainable,
                    lora=run.student.lora, micro_batches=run.train.micro_batches, chunk_size=run.loss.chunk_size)
@@ -212,6 +225,10 @@ def run_distill(run: RunConfig, log=print) -> dict:
     result.update(compression_ratio=compression_ratio(student_config, small_config),
                   student_params=param_count(small_config)["total"], teacher_params=param_count(teacher_config)["total"])
     save_pretrained(small_config, small, run_dir / "student")  # every process calls it; process 0 writes
+    if run.eval is not None:
+        evals["student"] = evaluate_model(run, "student", small_config, small, tokenizer, held_out, log)
+        result["eval"] = {"held_out": len(held_out), "suites": list(suites_of(run)), **evals}
+        report(evals, log)
     if jax.process_index() == 0:
         write_json(run_dir / "result.json", result)
     log(f"student: {result['student_params']:,} parameters ({result['compression_ratio']['total']:.3f} removed), "

@@ -243,10 +243,11 @@ class Transformer(nnx.Module):
         out = self.final_norm(x, hidden_mask)
         return out if layer_probe is None else (out, summaries)
 
-    def decode(self, tokens, positions, cache, index, kv_valid):
+    def decode(self, tokens, positions, cache, index, kv_valid, last_only: bool = False):
         """One cached step over tokens [B, T] at RoPE `positions` [B, T], written to cache slots
         [index, index + T): returns (fp32 logits [B, T, V], new cache). cache = {"k", "v"}, each
-        [L, B, S, K, D]; kv_valid [B, S] marks the slots holding real tokens."""
+        [L, B, S, K, D]; kv_valid [B, S] marks the slots holding real tokens. `last_only`: logits of
+        the last position only ([B, 1, V]; a prefill needs no more, and the head costs 2 d V per position)."""
         c = self.config
         cos, sin = rope_tables(c, positions)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(c.jnp_compute_dtype)
@@ -258,7 +259,7 @@ class Transformer(nnx.Module):
             return h, (k, v)
 
         x, (k, v) = jax.lax.scan(body, x, (block_state, cache["k"], cache["v"]))
-        return self.logits(self.final_norm(x)), {"k": k, "v": v}
+        return self.logits(self.final_norm(x[:, -1:] if last_only else x)), {"k": k, "v": v}
 
     def head_kernel(self):
         """LM-head weight [d, V] in the stored dtype (the embedding, transposed, when tied)."""

@@ -6,7 +6,7 @@ from jaxdistill.pruning.compact import compact
 from jaxdistill.pruning.importance import IMPORTANCE_METHODS, importance
 from jaxdistill.pruning.masks import GRANULARITIES, Masks, apply_masks, full_masks, masked_forward
 from jaxdistill.pruning.schedules import PruningSchedule
-from jaxdistill.pruning.targets import (
+from jaxdistill.pruning.widths import (
     PruningError,
     Widths,
     compression_ratio,

@@ -13,7 +13,7 @@ from jaxdistill.models import ModelConfig, structure
 from jaxdistill.models.structure import along
 from jaxdistill.models.transformer import Params
 from jaxdistill.pruning.masks import Masks
-from jaxdistill.pruning.targets import PruningError, mask_widths
+from jaxdistill.pruning.widths import PruningError, mask_widths
 
 
 def _uniform(name: str, counts) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxdistill.pruning.targets import PruningError
+from jaxdistill.pruning.widths import PruningError
 
 KINDS = ("linear", "geometric", "cubic")
 

@@ -1,0 +1,117 @@
+"""Evaluation inside a distill run, and `jaxdistill eval (RUN_DIR | HF_DIR)`.
+
+In a run (`eval` section set) three models are evaluated on the same held-out split, which
+training never sees (stratified, seeded; row ids of both sides in run_dir/split.json):
+
+    teacher       after its preparation (or as loaded)
+    pruned_only   the student at initialisation, pruned one-shot to pruning.final_ratio with the same
+                  importance method and calibration, compacted — no distillation (the baseline)
+    student       the final, compacted student
+
+Results go to run_dir/eval-{model}.json as each finishes (a resumed run does not redo them) and
+into result.json's `eval` block; the log prints one table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdistill.atomic_files import write_json
+from jaxdistill.config import RunConfig, load_config
+from jaxdistill.data import (ClassificationData, Template, load_source, load_tokenizer, stratified_split,
+                             stratified_subsample)
+from jaxdistill.evaluate.classification import check_vocabulary
+from jaxdistill.evaluate.loglik import EvaluationError
+from jaxdistill.evaluate.run import default_suites, run_suites, summary_table
+from jaxdistill.models import ModelConfig, load_pretrained
+from jaxdistill.models.hf import read_config, to_host
+from jaxdistill.pruning import compact, full_masks, importance, prune_to
+
+
+def template_of(run: RunConfig) -> Template:
+    d = run.data
+    return Template(instruction=d.instruction, use_chat_template=False) if d.instruction else Template()
+
+
+def split_data(run: RunConfig) -> tuple[ClassificationData, ClassificationData | None, dict]:
+    """(training data, held-out data or None, {"train": source row ids, "held_out": ...}).
+    The held-out part is split off first (stratified, seeded), then D is drawn from the rest."""
+    d = run.data
+    data = load_source(d.source, split=d.split, text_column=d.text_column, label_column=d.label_column,
+                       rationale_column=d.rationale_column)
+    rows = np.arange(len(data))
+    held_rows = np.array([], int)
+    if run.eval is not None:
+        rows, held_rows = stratified_split(data.labels, (1.0 - run.eval.held_out, run.eval.held_out), seed=run.seed)
+    if d.subsample:
+        rows = rows[stratified_subsample(data.labels[rows], min(d.subsample, len(rows)), seed=run.seed)]
+    ids = {"train": rows.tolist(), "held_out": held_rows.tolist()}
+    return data.subset(rows), (data.subset(held_rows) if run.eval is not None else None), ids
+
+
+def suites_of(run: RunConfig) -> tuple[str, ...]:
+    return run.eval.suites if run.eval.suites is not None else default_suites(run.teacher.path is not None)
+
+
+def evaluate_model(run: RunConfig, name: str, config: ModelConfig, params, tokenizer, held_out, log) -> dict:
+    """The run's suites on one model; cached in run_dir/eval-{name}.json (a resumed run reads it)."""
+    path = Path(run.run_dir) / f"eval-{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if jax.process_count() > 1:  # every process evaluates the gathered model; process 0 writes
+        params = jax.tree.map(to_host, params)
+    log(f"eval: {name}")
+    results = run_suites(config, jax.tree.map(jnp.asarray, params), tokenizer, suites_of(run), eval_config=run.eval,
+                         held_out=held_out, format=run.data.format, template=template_of(run), log=log)
+    if jax.process_index() == 0:
+        write_json(path, results)
+    return results
+
+
+def pruned_only(run: RunConfig, config: ModelConfig, params, calibration) -> tuple[ModelConfig, dict]:
+    """The student at initialisation pruned one-shot to the final ratio and compacted (no training)."""
+    p = run.pruning
+    scores = importance(config, params, calibration, method=p.method, masks=full_masks(config))
+    masks, _ = prune_to(config, scores, p.final_ratio, ratio_of=p.ratio_of, split=p.split, multiple=p.multiple)
+    return compact(config, jax.tree.map(to_host, params), jax.tree.map(to_host, masks))
+
+
+def report(results: dict[str, dict], log) -> None:
+    log("eval (held-out):\n" + summary_table(results))
+
+
+def evaluate_dir(path: str | Path, overrides=(), *, suites=None, limit=None, log=print) -> dict:
+    """`jaxdistill eval`: a run directory (its student, and its teacher if saved there, on the run's
+    held-out split and suites) or a Hugging Face model directory (with the default run config, or
+    the given key=value overrides, for the data and the suites)."""
+    path = Path(path)
+    run_config_file = path / "config.yaml"
+    if run_config_file.is_file():
+        run = load_config(run_config_file, overrides, check_paths=False)
+        models = {name: path / name for name in ("teacher", "student") if (path / name / "config.json").is_file()}
+    elif (path / "config.json").is_file():
+        run = load_config(None, overrides, check_paths=False)
+        models = {path.name: path}
+    else:
+        raise EvaluationError(f"{path}: neither a run directory (config.yaml) nor a Hugging Face model directory "
+                              "(config.json)")
+    if run.eval is None:
+        raise EvaluationError("eval=null in the run config: set eval.suites (and eval.held_out) to evaluate")
+    eval_config = run.eval if limit is None else dataclasses.replace(run.eval, limit=limit)
+    tokenizer = load_tokenizer(run.data.tokenizer)
+    _, held_out, _ = split_data(run)
+    out = {}
+    for name, model_dir in models.items():
+        check_vocabulary(read_config(model_dir), tokenizer)  # before loading any weights
+        config, params = load_pretrained(model_dir)
+        log(f"eval: {name}")
+        out[name] = run_suites(config, params, tokenizer, suites or suites_of(run), eval_config=eval_config,
+                               held_out=held_out, format=run.data.format, template=template_of(run), log=log)
+    write_json(path / "eval.json", out)
+    return out

@@ -7,7 +7,7 @@ import torch
 import transformers
 
 from jaxdistill.evaluate.loglik import EvaluationError, Request, score
-from jaxdistill.models import load_pretrained
+from jaxdistill.models import load_pretrained, make_mesh
 
 
 @pytest.mark.parametrize("family", ["llama3", "qwen3"])
@@ -36,3 +36,20 @@ def test_bad_requests(checkpoints):
         Request((1, 2), ((3,), ()))
     with pytest.raises(EvaluationError, match="token id 500 is outside the model's vocabulary \\(97\\)"):
         score(config, params, [Request((1, 500), ((3,),))])
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 4, 1)])
+def test_scores_sharded_over_the_batch_axes_equal_one_device(mesh_shape, checkpoints):
+    """Batches sharded over (data, fsdp) — with the weights sharded by the rules too — give the
+    single-device scores (batch_size 4 is rounded up to the 8 batch shards)."""
+    config, params = load_pretrained(checkpoints["qwen3"])
+    mesh = make_mesh(mesh_shape)
+    _, sharded = load_pretrained(checkpoints["qwen3"], mesh=mesh)
+    rng = np.random.default_rng(1)
+    ids = lambda n: tuple(int(t) for t in rng.integers(3, 97, n))
+    requests = [Request(ids(rng.integers(1, 40)), tuple(ids(rng.integers(1, 9)) for _ in range(3))) for _ in range(11)]
+    single = score(config, params, requests, batch_size=4)
+    spmd = score(config, sharded, requests, batch_size=4, mesh=mesh)
+    for a, b in zip(single, spmd):
+        np.testing.assert_allclose(b.logprobs, a.logprobs, rtol=0, atol=1e-4)  # summation-order noise only
+        np.testing.assert_array_equal(b.greedy, a.greedy)

@@ -89,10 +89,11 @@ def label_requests(tokenizer, data: ClassificationData, *, format: str = "label"
 
 
 def label_scores(config: ModelConfig, params: Params, tokenizer, data: ClassificationData, *,
-                 format: str = "label", template: Template = Template(), batch_size: int = 8) -> np.ndarray:
+                 format: str = "label", template: Template = Template(), batch_size: int = 8,
+                 mesh=None) -> np.ndarray:
     """log p(a_y | prompt_i)  # [N, K] float64"""
     requests = label_requests(tokenizer, data, format=format, template=template)
-    scores = score(config, params, requests, batch_size=batch_size, pad_id=tokenizer.pad_token_id or 0)
+    scores = score(config, params, requests, batch_size=batch_size, pad_id=tokenizer.pad_token_id or 0, mesh=mesh)
     return np.stack([s.logprobs for s in scores])
 
 
@@ -150,9 +151,11 @@ def classification_metrics(gold: Sequence[int], predicted: Sequence[int | None],
 
 def evaluate_classification(config: ModelConfig, params: Params, tokenizer, data: ClassificationData, *,
                             format: str = "label", template: Template = Template(), method: str = "score",
-                            limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 64) -> dict:
+                            limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 64,
+                            mesh=None) -> dict:
     """The in-domain result on `data`, or on `limit` of its examples in its class proportions
-    (`stratified_subsample`, seed 0), as in the module docstring."""
+    (`stratified_subsample`, seed 0), as in the module docstring. `mesh` shards the scoring batches
+    over the mesh's batch axes (the generation path runs unsharded)."""
     check_vocabulary(config, tokenizer)
     if method not in METHODS:
         raise EvaluationError(f"method={method!r}; valid: {', '.join(METHODS)}")
@@ -164,7 +167,7 @@ def evaluate_classification(config: ModelConfig, params: Params, tokenizer, data
     start = time.perf_counter()
     if method == "score":
         predicted = label_scores(config, params, tokenizer, data, format=format, template=template,
-                                 batch_size=batch_size).argmax(axis=1).tolist()
+                                 batch_size=batch_size, mesh=mesh).argmax(axis=1).tolist()
     else:
         prompts = [r.context for r in label_requests(tokenizer, data, format=format, template=template)]
         completions = greedy_completions(config, params, tokenizer, prompts, max_new_tokens=max_new_tokens,

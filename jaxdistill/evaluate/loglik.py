@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -27,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdistill.models import ModelConfig, as_module
+from jaxdistill.models.sharding import activation_sharding
 from jaxdistill.models.transformer import Params
 
 
@@ -106,8 +108,10 @@ def _batch_arrays(requests: Sequence[Request], rows: int, choices: int, max_leng
 
 
 def score(config: ModelConfig, params: Params, requests: Sequence[Request], *, batch_size: int = 8,
-          max_length: int = 2048, pad_id: int = 0, progress: str | None = None) -> list[Scores]:
-    """`Scores` for every request, in order (see the module docstring)."""
+          max_length: int = 2048, pad_id: int = 0, progress: str | None = None, mesh=None) -> list[Scores]:
+    """`Scores` for every request, in order (see the module docstring). With `mesh`, each batch is
+    sharded over the mesh's batch axes (data, fsdp; `batch_size` rounded up to a multiple of them)
+    and the step runs SPMD with the parameters where they are."""
     requests = list(requests)
     if not requests:
         return []
@@ -116,12 +120,17 @@ def score(config: ModelConfig, params: Params, requests: Sequence[Request], *, b
         raise EvaluationError(f"token id {top} is outside the model's vocabulary ({config.vocab_size}): the "
                               "tokenizer does not belong to this model")
     choices = max(len(r.continuations) for r in requests)
+    if mesh is not None:
+        shards = math.prod(mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape)
+        batch_size = _round_up(batch_size, shards)
+    place = (lambda x: jnp.asarray(x)) if mesh is None else (
+        lambda x: jax.device_put(x, activation_sharding(mesh, x.ndim)))
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i].context))
     out: list[Scores | None] = [None] * len(requests)
     for start in tqdm(range(0, len(order), batch_size), desc=progress, disable=progress is None, leave=False):
         idx = order[start:start + batch_size]
         arrays = _batch_arrays([requests[i] for i in idx], batch_size, choices, max_length, pad_id)
-        log_p, greedy = jax.device_get(_score_batch(config, params, *map(jnp.asarray, arrays)))
+        log_p, greedy = jax.device_get(_score_batch(config, params, *map(place, arrays)))
         for row, i in enumerate(idx):
             n = len(requests[i].continuations)
             out[i] = Scores(log_p[row, :n].astype(np.float64), greedy[row, :n],

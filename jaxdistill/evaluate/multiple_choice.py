@@ -111,12 +111,13 @@ def suite_metrics(suite_name: str, gold: np.ndarray, meta: dict, scores: Sequenc
 
 
 def evaluate_suite(name: str, config: ModelConfig, params: Params, tokenizer, *, limit: int | None = None,
-                   batch_size: int = 8, num_fewshot: int | None = None) -> dict:
+                   batch_size: int = 8, num_fewshot: int | None = None, mesh=None) -> dict:
     """Score one suite: {"suite", "n", "metrics", "stderr", "chance", "seconds", "examples_per_s"}
-    (+ "subjects" for MMLU). seconds is the wall time of the whole call: tokenising, compiling, scoring."""
+    (+ "subjects" for MMLU). seconds is the wall time of the whole call: tokenising, compiling, scoring.
+    `mesh`: batches sharded over its batch axes (`loglik.score`)."""
     start = time.perf_counter()
     requests, gold, meta = build_requests(name, tokenizer, limit=limit, num_fewshot=num_fewshot)
-    scores = score(config, params, requests, batch_size=batch_size, progress=name)
+    scores = score(config, params, requests, batch_size=batch_size, progress=name, mesh=mesh)
     result = {"suite": name, **suite_metrics(name, gold, meta, scores)}
     result["seconds"] = time.perf_counter() - start
     result["examples_per_s"] = result["n"] / result["seconds"]

@@ -46,15 +46,16 @@ def text_request(tokenizer, text: str, max_length: int, index: int = 0) -> Reque
 
 
 def perplexity(config: ModelConfig, params: Params, tokenizer, texts: Sequence[str], *, batch_size: int = 8,
-               max_length: int = 1024) -> dict:
-    """{"suite": "perplexity", "n", "tokens", "metrics": {"loss", "perplexity"}, "seconds", "examples_per_s"}."""
+               max_length: int = 1024, mesh=None) -> dict:
+    """{"suite": "perplexity", "n", "tokens", "metrics": {"loss", "perplexity"}, "seconds", "examples_per_s"};
+    `mesh`: batches sharded over its batch axes (`loglik.score`)."""
     check_vocabulary(config, tokenizer)
     if not texts:
         raise EvaluationError("no texts to score")
     start = time.perf_counter()
     requests = [text_request(tokenizer, text, max_length, i) for i, text in enumerate(texts)]
     scores = score(config, params, requests, batch_size=batch_size, max_length=max_length,
-                   pad_id=tokenizer.pad_token_id or 0)
+                   pad_id=tokenizer.pad_token_id or 0, mesh=mesh)
     seconds = time.perf_counter() - start
     tokens = int(sum(s.lengths.sum() for s in scores))
     loss = -float(np.sum([s.logprobs.sum() for s in scores])) / tokens

@@ -68,8 +68,9 @@ class EvalConfig:
 
 def run_suites(config: ModelConfig, params: Params, tokenizer, suites, *, eval_config: EvalConfig,
                held_out: ClassificationData | None = None, format: str = "label",
-               template: Template = Template(), log=None) -> dict[str, dict]:
-    """{suite: result} for one model. The in-domain suites need `held_out` (and its format/template)."""
+               template: Template = Template(), mesh=None, log=None) -> dict[str, dict]:
+    """{suite: result} for one model. The in-domain suites need `held_out` (and its format/template).
+    `mesh`: the scoring suites shard their batches over its batch axes (generation runs unsharded)."""
     check_suites(suites)
     e = eval_config
     if held_out is None and any(s in IN_DOMAIN for s in suites):
@@ -80,17 +81,19 @@ def run_suites(config: ModelConfig, params: Params, tokenizer, suites, *, eval_c
         if suite in ("in_domain", "in_domain_generate"):
             out[suite] = evaluate_classification(
                 config, params, tokenizer, held_out, format=format, template=template,
-                method="score" if suite == "in_domain" else "generate", max_new_tokens=e.max_new_tokens, **common)
+                method="score" if suite == "in_domain" else "generate", max_new_tokens=e.max_new_tokens,
+                mesh=mesh, **common)
         elif suite == "perplexity_in_domain":  # a stratified sample: sources are often sorted by class
             texts = held_out.subset(stratified_subsample(held_out.labels, e.limit, seed=0)).texts \
                 if e.limit and e.limit < len(held_out) else held_out.texts
-            out[suite] = perplexity(config, params, tokenizer, texts, batch_size=e.batch_size)
+            out[suite] = perplexity(config, params, tokenizer, texts, batch_size=e.batch_size, mesh=mesh)
         elif suite == "perplexity_general":
-            out[suite] = perplexity(config, params, tokenizer, general_texts(e.limit), batch_size=e.batch_size)
+            out[suite] = perplexity(config, params, tokenizer, general_texts(e.limit), batch_size=e.batch_size,
+                                    mesh=mesh)
         elif suite == "gsm8k":
             out[suite] = evaluate_gsm8k(config, params, tokenizer, **common)
         else:
-            out[suite] = evaluate_suite(suite, config, params, tokenizer, **common)
+            out[suite] = evaluate_suite(suite, config, params, tokenizer, mesh=mesh, **common)
         out[suite]["suite"] = suite
         if log is not None:
             log(f"  {suite}: {headline(out[suite])} ({out[suite]['examples_per_s']:.1f} examples/s)")

@@ -202,11 +202,11 @@ def run_distill(run: RunConfig, log=print) -> dict:
                             "— teacher and student must share a tokenizer")
     evals = {}
     if run.eval is not None:
-        evals["teacher"] = evaluate_model(run, "teacher", teacher_config, teacher, tokenizer, held_out, log)
+        evals["teacher"] = evaluate_model(run, "teacher", teacher_config, teacher, tokenizer, held_out, log, mesh)
     student_config, params = init_student(run, teacher_config, teacher, mesh, key)
     if run.eval is not None and run.pruning is not None:
         small = pruned_only(run, student_config, params, calibration_batches(run, examples, mesh))
-        evals["pruned_only"] = evaluate_model(run, "pruned_only", *small, tokenizer, held_out, log)
+        evals["pruned_only"] = evaluate_model(run, "pruned_only", *small, tokenizer, held_out, log, mesh)
     c = StepConfig(student=student_config, loss=run.loss, optimizer=run.optimizer, total_steps=run.train.steps,
                    teacher=teacher_config, teacher_targets=run.teacher.targets, trainable=run.student.trainable,
                    lora=run.student.lora, micro_batches=run.train.micro_batches, chunk_size=run.loss.chunk_size)
@@ -226,7 +226,7 @@ def run_distill(run: RunConfig, log=print) -> dict:
                   student_params=param_count(small_config)["total"], teacher_params=param_count(teacher_config)["total"])
     save_pretrained(small_config, small, run_dir / "student")  # every process calls it; process 0 writes
     if run.eval is not None:
-        evals["student"] = evaluate_model(run, "student", small_config, small, tokenizer, held_out, log)
+        evals["student"] = evaluate_model(run, "student", small_config, small, tokenizer, held_out, log, mesh)
         result["eval"] = {"held_out": len(held_out), "suites": list(suites_of(run)), **evals}
         report(evals, log)
     if jax.process_index() == 0:

@@ -59,16 +59,21 @@ def suites_of(run: RunConfig) -> tuple[str, ...]:
     return run.eval.suites if run.eval.suites is not None else default_suites(run.teacher.path is not None)
 
 
-def evaluate_model(run: RunConfig, name: str, config: ModelConfig, params, tokenizer, held_out, log) -> dict:
-    """The run's suites on one model; cached in run_dir/eval-{name}.json (a resumed run reads it)."""
+def evaluate_model(run: RunConfig, name: str, config: ModelConfig, params, tokenizer, held_out, log,
+                   mesh=None) -> dict:
+    """The run's suites on one model; cached in run_dir/eval-{name}.json (a resumed run reads it).
+    On one process the scoring batches are sharded over `mesh`'s batch axes with the parameters where
+    they are; on several, every process evaluates the gathered model and process 0 writes."""
     path = Path(run.run_dir) / f"eval-{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    if jax.process_count() > 1:  # every process evaluates the gathered model; process 0 writes
-        params = jax.tree.map(to_host, params)
+    if jax.process_count() > 1:
+        params, mesh = jax.tree.map(lambda x: jnp.asarray(to_host(x)), params), None
+    else:
+        params = jax.tree.map(jnp.asarray, params)  # compacted models come as host arrays: place them once
     log(f"eval: {name}")
-    results = run_suites(config, jax.tree.map(jnp.asarray, params), tokenizer, suites_of(run), eval_config=run.eval,
-                         held_out=held_out, format=run.data.format, template=template_of(run), log=log)
+    results = run_suites(config, params, tokenizer, suites_of(run), eval_config=run.eval, held_out=held_out,
+                         format=run.data.format, template=template_of(run), mesh=mesh, log=log)
     if jax.process_index() == 0:
         write_json(path, results)
     return results

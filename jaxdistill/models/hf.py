@@ -35,7 +35,7 @@ from safetensors.numpy import save_file
 from jaxdistill.atomic_files import atomic_write, write_json
 from jaxdistill.models import sharding as sharding_lib
 from jaxdistill.models import structure
-from jaxdistill.models.config import ConfigError, ModelConfig
+from jaxdistill.models.config import ModelConfig
 from jaxdistill.models.transformer import Params, abstract_params, logical_axes
 
 _GLOBAL_NAMES = {

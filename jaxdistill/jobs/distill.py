@@ -148,13 +148,12 @@ def calibration_batches(run: RunConfig, examples, mesh) -> list[dict]:
             for _ in range(run.pruning.calibration_batches)]
 
 
-def pruning_hooks(run: RunConfig, c: StepConfig, examples, mesh, log) -> dict:
+def pruning_hooks(run: RunConfig, c: StepConfig, calibration: list[dict], log) -> dict:
     """{step: stage(state, shardings) -> state} for each stage of the pruning schedule."""
     p = run.pruning
     if p is None:
         return {}
     schedule = p.schedule()
-    calibration = calibration_batches(run, examples, mesh)
 
     def stage(state, *, step: int, shardings):
         current = student_params(c, state.params, state.lora, state.masks)
@@ -204,8 +203,9 @@ def run_distill(run: RunConfig, log=print) -> dict:
     if run.eval is not None:
         evals["teacher"] = evaluate_model(run, "teacher", teacher_config, teacher, tokenizer, held_out, log, mesh)
     student_config, params = init_student(run, teacher_config, teacher, mesh, key)
+    calibration = calibration_batches(run, examples, mesh) if run.pruning is not None else []
     if run.eval is not None and run.pruning is not None:
-        small = pruned_only(run, student_config, params, calibration_batches(run, examples, mesh))
+        small = pruned_only(run, student_config, params, calibration)
         evals["pruned_only"] = evaluate_model(run, "pruned_only", *small, tokenizer, held_out, log, mesh)
     c = StepConfig(student=student_config, loss=run.loss, optimizer=run.optimizer, total_steps=run.train.steps,
                    teacher=teacher_config, teacher_targets=run.teacher.targets, trainable=run.student.trainable,
@@ -213,7 +213,7 @@ def run_distill(run: RunConfig, log=print) -> dict:
     cache = teacher_cache(run, teacher_config, teacher, examples, log) if c.teacher_targets == "cached" else None
     state = init_state(c, params, jax.random.fold_in(key, 3))
     state, last = run_phase(run, c, state, teacher, batches(run, examples, mesh, teacher_cache=cache), mesh,
-                            name="student", hooks=pruning_hooks(run, c, examples, mesh, log), log=log)
+                            name="student", hooks=pruning_hooks(run, c, calibration, log), log=log)
     done = int(jax.device_get(state.step))
     result = {"phase": "student", "steps": done, "final": last, "data": counts,
               "optimizer_state_bytes": optimizer_state_bytes(state), "teacher_targets": c.teacher_targets,

@@ -57,8 +57,8 @@ def resume(checkpoints: Checkpoints, state: TrainState, batches, *, config: dict
     if latest is None:
         return state, None
     state, data_state, saved = checkpoints.restore(latest, abstract_like(state))
-    changed = sorted(k for k in set(_flat(saved)) | set(_flat(config))
-                     if k not in ignore and _flat(saved).get(k) != _flat(config).get(k))
+    saved, config = _flat(saved), _flat(config)
+    changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
     if changed:
         raise TrainingError(f"{checkpoints.directory} holds a run with other settings ({', '.join(changed)}): "
                             "use another run_dir, or the same settings to resume")

@@ -1,7 +1,8 @@
-"""The model layer: one decoder-only transformer family, Hugging Face import/export, sharding, and
-the structural table (`structure`) that says what each parameter axis is."""
+"""The model layer: one decoder-only transformer family, Hugging Face import/export, llama.cpp GGUF
+import, sharding, and the structural table (`structure`) that says what each parameter axis is."""
 
 from jaxdistill.models.config import SUPPORTED_FAMILIES, ConfigError, ModelConfig
+from jaxdistill.models.gguf import GGUFError, convert_gguf, gguf_tokenizer, load_gguf
 from jaxdistill.models.hf import CheckpointError, load_pretrained, save_pretrained
 from jaxdistill.models.sharding import (
     RULES,
@@ -23,8 +24,8 @@ from jaxdistill.models.transformer import (
 )
 
 __all__ = [
-    "AXES", "RULES", "SUPPORTED_FAMILIES", "CheckpointError", "ConfigError", "ModelConfig", "Transformer",
-    "abstract_params", "as_module", "decay_mask", "forward", "hidden_states", "init_params",
-    "initialize_distributed", "load_pretrained", "logical_axes", "logical_to_spec", "make_mesh",
-    "save_pretrained", "shard_params", "tree_shardings",
+    "AXES", "RULES", "SUPPORTED_FAMILIES", "CheckpointError", "ConfigError", "GGUFError", "ModelConfig",
+    "Transformer", "abstract_params", "as_module", "convert_gguf", "decay_mask", "forward", "gguf_tokenizer",
+    "hidden_states", "init_params", "initialize_distributed", "load_gguf", "load_pretrained", "logical_axes",
+    "logical_to_spec", "make_mesh", "save_pretrained", "shard_params", "tree_shardings",
 ]

@@ -221,37 +221,51 @@ def _place(spec: TensorSpec, reader: _Reader, sharding, dtype, num_layers: int) 
 
 def load_pretrained(path: str | os.PathLike, *, mesh: Mesh | None = None, dtype=None,
                     compute_dtype=None, rules=sharding_lib.RULES) -> tuple[ModelConfig, Params]:
-    """Read a local Hugging Face checkpoint directory into (config, params).
+    """Read a local Hugging Face checkpoint directory (or a llama.cpp `.gguf` file, through
+    `models.gguf.load_gguf`) into (config, params).
 
     dtype: parameter dtype (default: the checkpoint's own). compute_dtype: matmul dtype (default:
     dtype when that is float32 or bfloat16, else float32). With `mesh`, every tensor goes straight to its sharded placement under `rules`;
     without, to the default device.
     """
     path = Path(path)
+    if path.suffix == ".gguf" and not path.is_dir():
+        from jaxdistill.models.gguf import load_gguf  # imports this module
+
+        return load_gguf(path, mesh=mesh, dtype=dtype, compute_dtype=compute_dtype, rules=rules)
     config = read_config(path)
     with contextlib.ExitStack() as stack:
         reader = _Reader(_checkpoint_files(path), stack)
-        embed_name = _GLOBAL_NAMES[("embed",)]
-        if embed_name not in reader:
-            raise CheckpointError(f"{path}: missing tensor {embed_name!r}")
-        stored = _DTYPES.get(reader.dtype(embed_name), "float32")
-        param_dtype = str(np.dtype(dtype)) if dtype is not None else stored
-        if compute_dtype is None:
-            compute_dtype = param_dtype if param_dtype in ("float32", "bfloat16") else "float32"
-        config = config.replace(param_dtype=param_dtype, compute_dtype=str(np.dtype(compute_dtype)))
-        specs = tensor_specs(config)
-        _check_tensors(specs, reader, config, path)
-        axes = logical_axes(config)
-        params: Params = {}
-        for spec in specs:
-            if mesh is not None:
-                leaf_axes = _get(axes, spec.path)
-                placement = NamedSharding(mesh, sharding_lib.logical_to_spec(
-                    leaf_axes, spec.shape, mesh, rules))
-            else:
-                placement = None
-            _set(params, spec.path,
-                 _place(spec, reader, placement, config.jnp_param_dtype, config.num_layers))
+        return load_tensors(config, reader, path, mesh=mesh, dtype=dtype, compute_dtype=compute_dtype,
+                            rules=rules)
+
+
+def load_tensors(config: ModelConfig, reader, source: Path, *, mesh: Mesh | None = None, dtype=None,
+                 compute_dtype=None, rules=sharding_lib.RULES) -> tuple[ModelConfig, Params]:
+    """`load_pretrained` from any `reader` of Hugging Face-named tensors in Hugging Face layout
+    (`name in reader`, `reader.shape(name)`, `reader.dtype(name)` -> "F32" | "F16" | "BF16" | other,
+    `reader.read(name)` -> numpy); `source` names the checkpoint in errors."""
+    embed_name = _GLOBAL_NAMES[("embed",)]
+    if embed_name not in reader:
+        raise CheckpointError(f"{source}: missing tensor {embed_name!r}")
+    stored = _DTYPES.get(reader.dtype(embed_name), "float32")
+    param_dtype = str(np.dtype(dtype)) if dtype is not None else stored
+    if compute_dtype is None:
+        compute_dtype = param_dtype if param_dtype in ("float32", "bfloat16") else "float32"
+    config = config.replace(param_dtype=param_dtype, compute_dtype=str(np.dtype(compute_dtype)))
+    specs = tensor_specs(config)
+    _check_tensors(specs, reader, config, source)
+    axes = logical_axes(config)
+    params: Params = {}
+    for spec in specs:
+        if mesh is not None:
+            leaf_axes = _get(axes, spec.path)
+            placement = NamedSharding(mesh, sharding_lib.logical_to_spec(
+                leaf_axes, spec.shape, mesh, rules))
+        else:
+            placement = None
+        _set(params, spec.path,
+             _place(spec, reader, placement, config.jnp_param_dtype, config.num_layers))
     return config, params
 
 

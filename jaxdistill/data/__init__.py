@@ -6,10 +6,13 @@ from jaxdistill.data.sources import (ClassificationData, DataError, load_source,
                                      stratified_subsample)
 from jaxdistill.data.teacher_cache import TargetSettings, TeacherCache, build_teacher_cache
 from jaxdistill.data.tokenizer import load_tokenizer, train_bpe
-from jaxdistill.data.traces import attach_traces, completion_text, generate_traces, load_traces
+from jaxdistill.data.traces import (RATIONALE_PROMPT, attach_traces, clean_rationale, completion_text,
+                                    generate_rationales, generate_traces, load_traces, rationale_prompt,
+                                    rationale_stop_tokens, trace_quality)
 
-__all__ = ["FORMATS", "BatchIterator", "BatchingError", "ClassificationData", "DataError", "Example",
-           "TargetSettings", "TeacherCache", "Template", "attach_traces", "build_rows", "build_teacher_cache",
-           "completion_text", "encode_dataset", "encode_example", "generate_traces", "load_source",
-           "load_tokenizer", "load_traces", "pack_rows", "packing_efficiency", "parse_answer",
-           "stratified_split", "stratified_subsample", "train_bpe"]
+__all__ = ["FORMATS", "RATIONALE_PROMPT", "BatchIterator", "BatchingError", "ClassificationData", "DataError",
+           "Example", "TargetSettings", "TeacherCache", "Template", "attach_traces", "build_rows",
+           "build_teacher_cache", "clean_rationale", "completion_text", "encode_dataset", "encode_example",
+           "generate_rationales", "generate_traces", "load_source", "load_tokenizer", "load_traces", "pack_rows",
+           "packing_efficiency", "parse_answer", "rationale_prompt", "rationale_stop_tokens", "stratified_split",
+           "stratified_subsample", "trace_quality", "train_bpe"]

@@ -8,6 +8,7 @@ across layers, so the compacted model is a standard dense config.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 
@@ -20,6 +21,8 @@ from jaxdistill.pruning.masks import Masks, full_masks
 RATIO_OF = ("total", "non_embedding")
 SPLITS = ("width", "depth", "mixed")
 HEAD_PRUNING = ("auto", "query", "groups", "none")
+# widths within this of the target ratio (a fraction of all parameters) count as reaching it
+RATIO_TOLERANCE = 0.005
 
 
 class PruningError(ValueError):
@@ -108,13 +111,23 @@ class Widths:
                               num_layers=self.layers)
 
 
-def _neighbours(value: float, multiple: int, limit: int) -> set[int]:
-    """The multiples of `multiple` just below and above `value`, within [multiple, limit]
-    (a dim no larger than `multiple` stays whole)."""
-    if limit <= multiple:
-        return {limit}
-    below = multiple * math.floor(value / multiple)
-    return {int(min(limit, max(multiple, w))) for w in (below, below + multiple)}
+def axis_step(size: int, multiple: int) -> int:
+    """The rounding step of an axis `size` long: `multiple`, or for an axis shorter than 8 multiples
+    the largest power of two <= size / 8 (so a small axis still has about 8 widths to choose from
+    instead of staying whole; 1 for an axis shorter than 16)."""
+    return max(1, min(multiple, 1 << max((size // 8).bit_length() - 1, 0)))
+
+
+def _grid(step: int, cap: int) -> list[int]:
+    """The widths an axis may take: multiples of `step` up to `cap`, and `cap` itself (the axis
+    as it is now)."""
+    return sorted({*range(step, cap + 1, step), cap})
+
+
+def _nearest(grid: list[int], value: float) -> set[int]:
+    """The grid values either side of `value` (one at the ends)."""
+    i = bisect.bisect_left(grid, value)
+    return {grid[j] for j in (i - 1, i) if 0 <= j < len(grid)}
 
 
 def _check_ratio_settings(ratio: float, ratio_of: str, split: str, multiple: int, head_pruning: str):
@@ -130,54 +143,93 @@ def _check_ratio_settings(ratio: float, ratio_of: str, split: str, multiple: int
         raise PruningError(f"multiple={multiple}: must be >= 1")
 
 
+def _check_reference(config: ModelConfig, reference: ModelConfig) -> None:
+    """`config` must be `reference` narrowed (a compacted student of it): same everything but the
+    widths compaction changes, each at most the reference's."""
+    sizes = ("num_layers", "num_heads", "num_kv_heads", "intermediate_size", "hidden_size")
+    if config.replace(**{k: getattr(reference, k) for k in sizes}) != reference or any(
+            getattr(config, k) > getattr(reference, k) for k in sizes) or (
+            config.num_heads // config.num_kv_heads > reference.num_heads // reference.num_kv_heads):
+        raise PruningError(f"reference: {reference} is not a wider version of the model being pruned, {config}")
+
+
 def widths_for_ratio(config: ModelConfig, ratio: float, *, ratio_of: str = "total",
                      split: str = "width", multiple: int = 64, head_pruning: str = "auto",
-                     within: Widths | None = None) -> Widths:
+                     within: Widths | None = None, reference: ModelConfig | None = None) -> Widths:
     """Uniform widths whose compression ratio is closest to `ratio`.
 
-    split: "width" (default) shrinks MLP width, hidden size and heads around one keep-fraction k,
-    each to a multiple of `multiple` next to k * width (heads to whole heads), taking the
-    combination closest to the ratio; "depth" drops layers only; "mixed" takes half the
-    ratio from depth, then the rest from width. `within`: current widths no axis may exceed
-    (iterative pruning only ever narrows). head_pruning: "query" drops query heads within every
-    kv group, "groups" drops whole kv groups, "auto" picks query when groups hold more than one head,
-    "none" keeps all heads.
+    The ratio is measured against `reference` (default `config`): after a student was compacted
+    (`config` is the smaller model), pass the original model so that every stage's ratio stays a
+    fraction of the original parameter count. The search depends only on the reference, `ratio`
+    and the widths allowed now (`within`, else `config`'s), so pruning a masked original and its
+    compacted student give the same widths.
+
+    split: "width" (default) shrinks hidden size, heads and MLP width; "depth" drops layers only;
+    "mixed" takes half the ratio from depth, then the rest from width. Width search: every head
+    count (head_pruning: "query" drops query heads within every kv group, "groups" whole kv groups,
+    "auto" query when groups hold more than one head, "none" keeps all heads) times every hidden
+    size (a multiple of `axis_step(hidden, multiple)`), each with the MLP width (a multiple of
+    `axis_step(mlp, multiple)`) either side of the exact solution. Among the candidates within
+    `RATIO_TOLERANCE` of the target (or, if none is, the closest) the most uniform one wins: the
+    least spread between the keep-fractions of hidden, MLP and heads. `within`: current widths no
+    axis may exceed (iterative pruning only ever narrows).
     """
     _check_ratio_settings(ratio, ratio_of, split, multiple, head_pruning)
     c = config
-    group = c.num_heads // c.num_kv_heads
-    cap = within or Widths(c.num_kv_heads, group, c.intermediate_size, c.hidden_size, c.num_layers)
+    ref = c if reference is None else reference
+    if reference is not None:
+        _check_reference(c, ref)
+    group = ref.num_heads // ref.num_kv_heads
+    cap = within or Widths(c.num_kv_heads, c.num_heads // c.num_kv_heads, c.intermediate_size, c.hidden_size,
+                           c.num_layers)
     if head_pruning == "auto":
         head_pruning = "query" if group > 1 else "groups"
+    original = param_count(ref)[ratio_of]
+    target = (1.0 - ratio) * original
+
+    def count(t: Widths) -> int:
+        return param_count(t.config(c))[ratio_of]
 
     def achieved(t: Widths) -> float:
-        return compression_ratio(c, t.config(c))[ratio_of]
+        return 1.0 - count(t) / original
 
     def depth_widths(r: float) -> Widths:
         cands = [dataclasses.replace(cap, layers=n) for n in range(1, cap.layers + 1)]  # widths as now
         return min(cands, key=lambda t: abs(achieved(t) - r))
 
-    def width_candidates(k: float, layers: int) -> set[Widths]:
-        """Every combination of the widths one rounding step either side of keep-fraction k."""
-        kv, per_group = {cap.kv_heads}, {cap.heads_per_group}
-        if head_pruning == "query":
-            per_group = _neighbours(group * k, 1, cap.heads_per_group)
-        elif head_pruning == "groups":
-            kv = _neighbours(c.num_kv_heads * k, 1, cap.kv_heads)
-        return {Widths(a, b, m, h, layers) for a in kv for b in per_group
-                for m in _neighbours(c.intermediate_size * k, multiple, cap.mlp)
-                for h in _neighbours(c.hidden_size * k, multiple, cap.hidden)}
-
     if split == "depth":
         return depth_widths(ratio)
     layers = depth_widths(ratio / 2).layers if split == "mixed" else cap.layers
-    candidates = {t for k in np.linspace(0.0, 1.0, 401)[1:] for t in width_candidates(k, layers)
-                  if t.exportable(c)}
+    heads = [(cap.kv_heads, cap.heads_per_group)]
+    if head_pruning == "query":
+        heads = [(cap.kv_heads, g) for g in range(1, cap.heads_per_group + 1)]
+    elif head_pruning == "groups":
+        heads = [(k, cap.heads_per_group) for k in range(1, cap.kv_heads + 1)]
+    mlp_grid = _grid(axis_step(ref.intermediate_size, multiple), cap.mlp)
+    candidates = []
+    for kv, per_group in heads:
+        for hidden in _grid(axis_step(ref.hidden_size, multiple), cap.hidden):
+            base = Widths(kv, per_group, 1, hidden, layers)
+            if not base.exportable(c):
+                continue
+            # the count is affine in the MLP width: solve for the target, round both ways
+            p1, p2 = count(base), count(dataclasses.replace(base, mlp=2))
+            exact = 1 + (target - p1) / (p2 - p1)
+            candidates += [dataclasses.replace(base, mlp=m) for m in _nearest(mlp_grid, exact)]
     if not candidates:
         raise PruningError(f"no {split} widths with multiple={multiple} give an exportable "
                            f"{c.model_type} config; try a smaller multiple")
-    return min(candidates, key=lambda t: (round(abs(achieved(t) - ratio), 12), -t.hidden, -t.mlp,
-                                          -t.heads))
+    error = {t: abs(achieved(t) - ratio) for t in candidates}
+    tolerance = max(min(error.values()), RATIO_TOLERANCE)
+
+    def spread(t: Widths) -> float:
+        keep = [t.hidden / ref.hidden_size, t.mlp / ref.intermediate_size]
+        if head_pruning != "none":
+            keep.append(t.heads / ref.num_heads)
+        return max(keep) - min(keep)
+
+    return min(candidates, key=lambda t: (error[t] > tolerance + 1e-12, round(spread(t), 9),
+                                          round(error[t], 12), -t.hidden, -t.mlp, -t.heads))
 
 
 def _top_mask(scores: jnp.ndarray, keep: int) -> jnp.ndarray:
@@ -189,12 +241,15 @@ def _top_mask(scores: jnp.ndarray, keep: int) -> jnp.ndarray:
 
 def prune_to(config: ModelConfig, importance: dict[str, jnp.ndarray], target: float | Widths, *,
              masks: Masks | None = None, ratio_of: str = "total", split: str = "width",
-             multiple: int = 64, head_pruning: str = "auto") -> tuple[Masks, Widths]:
+             multiple: int = 64, head_pruning: str = "auto",
+             reference: ModelConfig | None = None) -> tuple[Masks, Widths]:
     """Masks keeping the most important structures at the target widths (or compression ratio).
 
     importance: {"heads" [L, K, G], "groups" [L, K], "mlp" [L, F], "hidden" [d], "layers" [L]}
     (higher = more important), e.g. from `pruning.importance`. Structures already pruned in `masks`
     stay pruned (iterative pruning never revives). Query heads are ranked within their kv group.
+    A ratio target is a fraction of `reference`'s parameters (default `config`; pass the original
+    model when `config` is an already compacted student, see `widths_for_ratio`).
     """
     masks = full_masks(config) if masks is None else masks
     current = Widths.from_masks(masks)
@@ -203,7 +258,7 @@ def prune_to(config: ModelConfig, importance: dict[str, jnp.ndarray], target: fl
         widths = target
     else:
         widths = widths_for_ratio(config, target, ratio_of=ratio_of, split=split, multiple=multiple,
-                                  head_pruning=head_pruning, within=current)
+                                  head_pruning=head_pruning, within=current, reference=reference)
     alive = lambda scores, m: jnp.where(m > 0, scores, -jnp.inf)
     group_alive = jnp.max(masks["heads"], axis=-1)
     groups = _top_mask(alive(importance["groups"], group_alive), widths.kv_heads)  # [L, K]

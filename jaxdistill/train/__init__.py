@@ -1,6 +1,6 @@
 """The distillation engine: the train state and one-jit step (`step`), the optimizer section
-(`optimizer`), the host loop (`loop`), checkpoints and metrics. Jobs (`jaxdistill.jobs`) assemble
-them; nothing here reads a run config file."""
+(`optimizer`), the host loop (`loop`), checkpoints and metrics, and compacting pruning stages
+(`compaction`). Jobs (`jaxdistill.jobs`) assemble them; nothing here reads a run config file."""
 
 from jaxdistill.train.checkpoints import Checkpoints
 from jaxdistill.train.loop import TrainConfig, resume, train_loop
@@ -9,8 +9,11 @@ from jaxdistill.train.errors import TrainingError
 from jaxdistill.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from jaxdistill.train.step import (LoraConfig, StepConfig, TrainState, init_state, make_train_step,
                                    optimizer_state_bytes, reset_pruned_moments, state_shardings, student_params)
+from jaxdistill.train.compaction import (abstract_state, compact_state, compacting_stage, current_config, place,
+                                         resume_student)
 
 __all__ = ["Checkpoints", "LoraConfig", "MetricsLog", "OptimizerConfig", "StepConfig", "TrainConfig", "TrainState",
-           "TrainingError", "host_metrics", "init_state", "learning_rate_schedule", "make_optimizer",
-           "make_train_step", "optimizer_state_bytes", "reset_pruned_moments", "resume", "state_shardings",
-           "student_params", "throughput", "train_loop"]
+           "TrainingError", "abstract_state", "compact_state", "compacting_stage", "current_config", "host_metrics",
+           "init_state", "learning_rate_schedule", "make_optimizer", "make_train_step", "optimizer_state_bytes", "place",
+           "reset_pruned_moments", "resume", "resume_student", "state_shardings", "student_params", "throughput",
+           "train_loop"]

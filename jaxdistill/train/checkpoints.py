@@ -1,36 +1,73 @@
-"""Checkpoints: an orbax CheckpointManager around (train state, data iterator state, run config).
+"""Checkpoints: an orbax CheckpointManager around (train state, data iterator state, run config,
+and the student's model config).
 
 orbax writes each step to a temporary directory and renames it when complete, so a kill mid-save
-leaves the previous checkpoint as the latest loadable one.
+leaves the previous checkpoint as the latest loadable one. The model item (`model_to_json`) records
+the shape the state was saved in — a student compacted mid-run has a smaller one than it started
+with; checkpoints written before that item existed simply have none (`saved_model` -> None).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from jaxdistill.models import ModelConfig
 from jaxdistill.train.step import TrainState
+
+
+def model_to_json(config: ModelConfig) -> dict[str, Any]:
+    """Every `ModelConfig` field as JSON (`model_from_json` reads it back equal)."""
+    out = dataclasses.asdict(config)
+    out["rope_scaling"] = config.rope_params or None
+    if isinstance(config.eos_token_id, tuple):
+        out["eos_token_id"] = list(config.eos_token_id)
+    return out
+
+
+def model_from_json(saved: dict[str, Any]) -> ModelConfig:
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    saved = {k: v for k, v in saved.items() if k in fields}
+    if isinstance(saved.get("eos_token_id"), list):
+        saved["eos_token_id"] = tuple(saved["eos_token_id"])
+    return ModelConfig(**saved)
 
 
 class Checkpoints:
     def __init__(self, directory, *, keep: int = 3):
         self.directory = Path(directory).absolute()
-        self.manager = ocp.CheckpointManager(self.directory,
+        # handlers named up front, so reading one item (`saved_model`) needs no guessing (nor warns)
+        handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                    "config": ocp.JsonCheckpointHandler(), "model": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, item_handlers=handlers,
                                              options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
-    def save(self, step: int, state, data_state: dict, config: dict, *, wait: bool = True) -> None:
-        """Save `state` (a `TrainState` or any pytree) with the iterator state and the run config."""
+    def save(self, step: int, state, data_state: dict, config: dict, *, model: ModelConfig | None = None,
+             wait: bool = True) -> None:
+        """Save `state` (a `TrainState` or any pytree) with the iterator state, the run config and,
+        if given, the model config the state's params are laid out as."""
         tree = state.as_dict() if isinstance(state, TrainState) else state
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(tree), data=ocp.args.JsonSave(data_state),
-            config=ocp.args.JsonSave(config)))
+        items = dict(state=ocp.args.StandardSave(tree), data=ocp.args.JsonSave(data_state),
+                     config=ocp.args.JsonSave(config))
+        if model is not None:
+            items["model"] = ocp.args.JsonSave(model_to_json(model))
+        self.manager.save(step, args=ocp.args.Composite(**items))
         if wait:
             self.manager.wait_until_finished()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def saved_model(self, step: int) -> ModelConfig | None:
+        """The model config saved with checkpoint `step` (None: saved without one)."""
+        if "model" not in self.manager.item_metadata(step):
+            return None
+        return model_from_json(self.manager.restore(step, args=ocp.args.Composite(
+            model=ocp.args.JsonRestore()))["model"])
 
     def restore(self, step: int, abstract_state=None):
         """(state, data iterator state, run config). With a `TrainState` of abstract arrays (shapes,
@@ -44,5 +81,6 @@ class Checkpoints:
 
 
 def abstract_like(state):
-    """Shapes, dtypes and shardings of a placed state (the target of a restore)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    """Shapes, dtypes and shardings of a placed (or already abstract) state: the target of a restore."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                        state)

@@ -1,18 +1,23 @@
 """The host loop: step, run stage hooks (pruning), log, check finiteness, checkpoint, stop.
 
     for step in range(start, steps):
-        state = hooks[step](state)              # e.g. a pruning stage (state -> state), untimed
+        state = hooks[step](state)              # e.g. a pruning stage, untimed (see `Hook`)
         state, metrics = train_step(state, teacher, batch)
         every log_every: check finite, write metrics     every checkpoint_every: check finite, save
 
 The loop knows nothing of models or configs: it takes a step function, a batch source with
-`state()` / `restore()` (for resume), hooks, a `Checkpoints` and a `MetricsLog`.
+`state()` / `restore()` (for resume), hooks, a `Checkpoints` and a `MetricsLog`. A step made by
+`make_train_step` carries its `StepConfig` (`train_step.config`); its student's `ModelConfig` is
+saved with every checkpoint, so a resume can rebuild a student compacted mid-run
+(`resume(..., reshape=...)`, `train.compaction.resume_student`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping
+from typing import Union
 
 import jax
 from tqdm import tqdm
@@ -22,7 +27,11 @@ from jaxdistill.train.metrics import MetricsLog, StepTimer, host_metrics
 from jaxdistill.train.errors import TrainingError
 from jaxdistill.train.step import TrainState
 
-Hook = Callable[[TrainState], TrainState]
+# A hook returns the new state, or (state, train_step): the loop steps on with the new step (a
+# compacting pruning stage: a smaller student needs its own compiled step; `step_compilations` then
+# counts that step's compilations), or (state, train_step, record): also a new `record` (throughput
+# of the smaller student).
+Hook = Callable[[TrainState], Union[TrainState, tuple]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,14 +58,27 @@ class TrainConfig:
 
 
 def resume(checkpoints: Checkpoints, state: TrainState, batches, *, config: dict,
-           ignore: tuple[str, ...] = ()) -> tuple[TrainState, int | None]:
+           ignore: tuple[str, ...] = (), reshape: Callable | None = None) -> tuple[TrainState, int | None]:
     """The latest checkpoint restored into `state`'s placement (and `batches` rewound), if any. The
     run config saved with it must equal `config` (keys in `ignore` aside): resuming a different run
-    would silently mix two experiments."""
+    would silently mix two experiments.
+
+    reshape: for a state whose shapes may have changed during the run (a student compacted by a
+    pruning stage). Called with the `ModelConfig` saved with the checkpoint (only if one was: older
+    checkpoints restore into `state` as before), it returns the state to restore into: placed
+    arrays or `jax.ShapeDtypeStruct`s with shardings, laid out as that model, e.g.
+    `lambda model: train.compaction.abstract_state(dataclasses.replace(c, student=model), mesh)`.
+    The restored state then has the saved shapes; `train.compaction.current_config(c, state)` is its
+    StepConfig. `train.compaction.resume_student` does all of this in one call."""
     latest = checkpoints.latest_step()
     if latest is None:
         return state, None
-    state, data_state, saved = checkpoints.restore(latest, abstract_like(state))
+    target = state
+    if reshape is not None:
+        model = checkpoints.saved_model(latest)
+        if model is not None:
+            target = reshape(model)
+    state, data_state, saved = checkpoints.restore(latest, abstract_like(target))
     saved, config = _flat(saved), _flat(config)
     changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
     if changed:
@@ -91,31 +113,50 @@ def train_loop(train_step, state: TrainState, batches, *, steps: int, train: Tra
                name: str = "student") -> tuple[TrainState, dict]:
     """Steps `state` to `steps` (or train.stop_at_step); returns (state, the last logged record).
     `train_step(state, teacher, batch) -> (state, metrics)` (a `CompiledStep`); `record(step_s)` adds
-    throughput fields to each logged record; `config` is saved with every checkpoint."""
+    throughput fields to each logged record; `config` (and the student's model config, when the step
+    carries a `config`) is saved with every checkpoint. `hooks[step]` runs before that step (`Hook`):
+    when it returns a new train step, that step's first (compiling) call is left out of the timing."""
     start = int(jax.device_get(state.step))
     timer, last = StepTimer(), {}
     bar = tqdm(total=steps, initial=start, desc=name, disable=jax.process_index() != 0, mininterval=2.0)
     try:
         for step in range(start, steps):
+            fresh = False
             if step in hooks:
                 with timer.paused():
-                    state = hooks[step](state)
-            timer.start_step()
-            state, step_metrics = train_step(state, teacher, next(batches))
-            timer.end_step(state)
+                    out = hooks[step](state)
+                if isinstance(out, tuple):
+                    state, train_step, *new_record = out
+                    record, fresh = (new_record[0] if new_record else record), True
+                else:
+                    state = out
+            fresh = fresh and timer.first_step_s is not None
+            if fresh:  # the new step compiles: timed alone, like the first step
+                t0 = time.perf_counter()
+                with timer.paused():
+                    state, step_metrics = train_step(state, teacher, next(batches))
+                    jax.block_until_ready(state.step)
+                fresh_s = time.perf_counter() - t0
+            else:
+                timer.start_step()
+                state, step_metrics = train_step(state, teacher, next(batches))
+                timer.end_step(state)
             done = step + 1
             logging = done % train.log_every == 0 or done == steps
             saving = done % train.checkpoint_every == 0 or done == steps
             if logging or saving:
                 check_finite(state, checkpoints, name)
             if logging:
-                last = {"step": done, **host_metrics(step_metrics), **record(timer.window()),
+                step_s = fresh_s if fresh and not timer.window_steps else timer.window()
+                last = {"step": done, **host_metrics(step_metrics), **record(step_s),
                         "first_step_s": timer.first_step_s, "step_compilations": train_step.compilations}
                 metrics.write(last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
             bar.update(1)
             if saving:
-                checkpoints.save(done, state, batches.state(), config)
+                step_config = getattr(train_step, "config", None)
+                checkpoints.save(done, state, batches.state(), config,
+                                 model=None if step_config is None else step_config.student)
             if train.stop_at_step is not None and done >= train.stop_at_step:
                 break
     finally:

@@ -213,8 +213,9 @@ def _step(c: StepConfig, state: TrainState, teacher, batch):
 class CompiledStep:
     """A jitted function that counts how often it was traced (each trace is one compilation)."""
 
-    def __init__(self, fn, **jit_kwargs):
+    def __init__(self, fn, *, config: StepConfig | None = None, **jit_kwargs):
         self.compilations = 0
+        self.config = config  # the StepConfig it was made for (the loop saves its student's shape)
 
         def traced(*args):
             self.compilations += 1
@@ -229,9 +230,10 @@ class CompiledStep:
 def make_train_step(c: StepConfig, shardings: TrainState | None = None) -> CompiledStep:
     """The compiled step: (state, teacher_params, batch) -> (state, metrics). `batch` arrays are
     [micro_batches * rows, T]; the state is donated. With `shardings` (from `state_shardings`) the
-    new state keeps exactly the input placement, so the step compiles once."""
-    return CompiledStep(lambda state, teacher, batch: _step(c, state, teacher, batch), donate_argnums=(0,),
-                        out_shardings=None if shardings is None else (shardings, None))
+    new state keeps exactly the input placement, so the step compiles once. A student of another
+    shape (compacted by a pruning stage: `train.compaction`) needs a step made for its config."""
+    return CompiledStep(lambda state, teacher, batch: _step(c, state, teacher, batch), config=c,
+                        donate_argnums=(0,), out_shardings=None if shardings is None else (shardings, None))
 
 
 def reset_pruned_moments(c: StepConfig, state: TrainState) -> TrainState:

@@ -1,6 +1,6 @@
 """Command line: `jaxdistill run | distill [CONFIG] [key=value ...]`, `jaxdistill eval (RUN_DIR | HF_DIR)
-[--suites a,b] [--limit N]`, `jaxdistill config show [CONFIG] [key=value ...]` and
-`jaxdistill bench CONFIG [key=value ...] [--json]`.
+[--suites a,b] [--limit N]`, `jaxdistill convert FILE.gguf OUT_DIR`, `jaxdistill config show [CONFIG]
+[key=value ...]` and `jaxdistill bench CONFIG [key=value ...] [--json]`.
 
 Every config mistake (unknown key, bad value, missing path, incompatible combination) is a usage
 error (exit 2) before any work starts; errors the run itself meets are reported without a traceback.
@@ -27,12 +27,13 @@ from jaxdistill.jobs.evaluation import evaluate_dir
 from jaxdistill.jobs.smoke import model_smoke
 from jaxdistill.losses import LossInputError
 from jaxdistill.models import CheckpointError, ConfigError
+from jaxdistill.models.sources import ModelSourceError
 from jaxdistill.pruning import PruningError
 from jaxdistill.train import TrainingError
 
 # Errors a run can meet after its config was accepted: reported as one line, without a traceback.
 RUN_ERRORS = (TrainingError, DataError, FormatError, BatchingError, PruningError, CheckpointError, ConfigError,
-              LossInputError)
+              LossInputError, ModelSourceError)
 
 
 JOB_RUNNERS = {"distill": run_distill, "model-smoke": model_smoke}  # the jobs of `config.JOBS`
@@ -105,6 +106,22 @@ def eval_command(path, suites, limit, overrides):
         raise click.ClickException(f"{type(err).__name__}: {err}") from err
     click.echo(summary_table(results))
     click.echo(f"written to {path / 'eval.json'}", err=True)
+
+
+@main.command()
+@click.argument("gguf_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+def convert(gguf_file, out_dir):
+    """Convert a GGUF file (Llama, Qwen2, Qwen3, Mistral; F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q6_K and the
+    other types gguf dequantises) into a Hugging Face directory: config.json, fp32 safetensors, the
+    tokenizer from the GGUF metadata, and gguf_source.json (provenance). No torch."""
+    from jaxdistill.models.gguf import convert_gguf
+
+    try:
+        path = convert_gguf(gguf_file, out_dir)
+    except (CheckpointError, ConfigError) as err:
+        raise click.ClickException(f"{type(err).__name__}: {err}") from err
+    click.echo(f"converted {gguf_file} -> {path}", err=True)
 
 
 @main.group()

@@ -18,3 +18,10 @@ def checkpoints(tmp_path_factory):
     """family name -> directory of a tiny random Hugging Face checkpoint (built once per session)."""
     root = tmp_path_factory.mktemp("hf")
     return {name: make_hf_checkpoint(name, root / name) for name in FAMILIES}
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path, monkeypatch):
+    """Each test gets its own jaxdistill cache (prepared teachers, traces, converted models), never the
+    user's ~/.cache/jaxdistill; subprocesses inherit it through the environment."""
+    monkeypatch.setenv("JAXDISTILL_CACHE", str(tmp_path / "jaxdistill-cache"))

@@ -10,7 +10,7 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
 
-from jaxdistill.config import load_config  # noqa: E402
+from jaxdistill.config import load_config, packaged_config  # noqa: E402
 from jaxdistill.jobs.distill import run_distill  # noqa: E402
 from jaxdistill.models import initialize_distributed  # noqa: E402
 
@@ -28,7 +28,7 @@ def main(mode: str, run_dir: str, port: str = "", process_id: str = ""):
     if mode == "multi":
         assert initialize_distributed(f"127.0.0.1:{port}", 2, int(process_id), cpu_collectives="gloo")
     assert jax.device_count() == 4
-    run_distill(load_config(None, [*OVERRIDES, f"run_dir={run_dir}"]), log=lambda m: None)
+    run_distill(load_config(packaged_config("tiny.yaml"), [*OVERRIDES, f"run_dir={run_dir}"]), log=lambda m: None)
     if mode == "multi":
         jax.distributed.shutdown()
 

@@ -43,7 +43,7 @@ def test_run_with_config_file(tmp_path):
     (["job=model-smoke", "model.model_type=gpt2"], "unsupported model_type 'gpt2'"),
     (["missing.yaml"], "config file 'missing.yaml' does not exist"),
     (["job=train"], "job='train'; valid: distill, model-smoke"),
-    (["teacher.model.model_type=gpt2"], "unsupported model_type 'gpt2'"),
+    (["teacher.path=null", "teacher.model.model_type=gpt2"], "unsupported model_type 'gpt2'"),
 ])
 def test_run_bad_input_is_a_usage_error(args, message, tmp_path):
     extra = [] if "job=model-smoke" in args else ["data.subsample=50"]
@@ -109,9 +109,11 @@ def test_shipped_configs_validate():
     """Every shipped YAML is valid: run configs against their job's schema (keys, types, choices,
     ranges, combinations; paths are the user's), benchmark specs against the benchmark's options."""
     run_configs = sorted(packaged_config("").glob("*.yaml"))
-    assert [p.name for p in run_configs] == ["finheadlinemix_qwen3.yaml"]
+    assert [p.name for p in run_configs] == ["finheadlinemix_qwen3.yaml", "tiny.yaml"]
     config = load_config(run_configs[0], check_paths=False)
     assert config.job == "distill" and config.data.format == "blended" and config.teacher.path == "/models/Qwen3-32B"
+    tiny = load_config(run_configs[1])
+    assert tiny.teacher.path is None and tiny.data.format == "label" and tiny.eval.suites is None
     bench_specs = sorted(packaged_config("bench").glob("*.yaml"))
     assert len(bench_specs) == 3
     for path in bench_specs:

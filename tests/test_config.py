@@ -5,29 +5,34 @@ import pytest
 from click.testing import CliRunner
 
 from jaxdistill.cli import main
-from jaxdistill.config import RunConfig, RunConfigError, load_config
+from jaxdistill.config import RunConfig, RunConfigError, load_config, packaged_config
 from jaxdistill.losses import LossConfig
 from jaxdistill.train import OptimizerConfig
 
+TINY = packaged_config("tiny.yaml")
 
-def test_defaults_are_the_demo_and_overrides_are_typed():
+
+def test_defaults_are_the_experiment_and_overrides_are_typed():
     config = load_config(None, ["loss.temperature=2", "optimizer.b2=0.99", "loss.label_smoothing=0.1",
                                 "loss.scale_by_t2=true", "student.lora.modules=[q, v]", "mesh=[1,-1,1]"])
     assert isinstance(config, RunConfig) and isinstance(config.loss, LossConfig)
     assert config.loss.temperature == 2.0 and isinstance(config.loss.temperature, float)
     assert config.loss.label_smoothing == 0.1 and config.loss.scale_by_t2
-    assert config.optimizer == OptimizerConfig(b2=0.99)
+    assert config.optimizer == OptimizerConfig(learning_rate=2e-4, warmup_steps=3, b2=0.99)
     assert config.student.lora.modules == ("q", "v") and config.mesh == (1, -1, 1)
-    assert config.teacher.model["hidden_size"] == 128 and config.pruning.final_ratio == 0.5
+    assert config.teacher.path == "smollm2-135m-instruct" and config.data.format == "blended"
+    assert config.pruning.final_ratio == 0.3 and config.eval.suites == ("in_domain", "arc_easy", "piqa")
+    tiny = load_config(TINY)  # the small from-scratch configuration tests use
+    assert tiny.teacher.path is None and tiny.teacher.model["hidden_size"] == 128 and tiny.pruning.final_ratio == 0.5
     assert load_config(None, ["pruning=null"]).pruning is None
-    assert load_config(None, ["pruning=null", "pruning.final_ratio=0.3"]).pruning.stages == 3
+    assert load_config(TINY, ["pruning=null", "pruning.final_ratio=0.3"]).pruning.stages == 3
 
 
 def test_config_file_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("seed: 3\ntrain:\n  steps: 90\nteacher:\n  prepare_steps: 20\n")
     config = load_config(path, ["train.steps=100", "teacher.model.hidden_size=64"])
-    assert config.seed == 3 and config.train.steps == 100 and config.train.batch_size == 16
+    assert config.seed == 3 and config.train.steps == 100 and config.train.batch_size == 8
     assert config.teacher.prepare_steps == 20 and config.teacher.targets == "live"
     assert config.teacher.model["hidden_size"] == 64 and config.teacher.model["num_layers"] == 4
 
@@ -50,7 +55,9 @@ def test_config_file_then_overrides(tmp_path):
     ("train.steps=ten", "config key 'train.steps' = 'ten': expected int"),
     ("loss.temperature=true", "config key 'loss.temperature' = True: expected float"),
     ("data.subsample=1.5", "config key 'data.subsample' = 1.5: expected int | null"),
-    ("data.format=cot", "data.format='cot' needs data.rationale_column"),
+    ("data.format=cot", "data.format='cot' needs reasoning traces: set data.rationale_column"),
+    ("teacher.learning_rate=0", "teacher.learning_rate=0.0: must be > 0"),
+    ("teacher.traces.prompt=why", "teacher.traces.prompt='why': must contain {text} and {label}"),
     ("data.format=json", "data.format='json'; valid: label, cot, blended"),
     ("teacher.targets=none", "teacher.targets=none, but loss.kind='blended' with loss.w_kl=1.0 needs the teacher"),
     ("teacher.path=/no/such/dir", "teacher.path='/no/such/dir': no such file or directory"),
@@ -66,7 +73,7 @@ def test_config_file_then_overrides(tmp_path):
     ("eval.held_out=1.5", "eval.held_out=1.5: must be in (0, 1)"),
 ])
 def test_bad_config_is_a_usage_error_before_any_work(override, message, tmp_path):
-    result = CliRunner().invoke(main, ["run", f"run_dir={tmp_path / 'run'}", override])
+    result = CliRunner().invoke(main, ["run", str(TINY), f"run_dir={tmp_path / 'run'}", override])
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "run").exists()  # nothing was started

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from jaxdistill.cli import main
-from jaxdistill.config import load_config
+from jaxdistill.config import load_config, packaged_config
 from jaxdistill.data import load_source, stratified_split, stratified_subsample
 from jaxdistill.jobs.distill import run_distill
 from tests.tiny_models import make_hf_checkpoint
@@ -24,7 +24,7 @@ BASE = ["data.subsample=120", "data.max_len=40", "train.seq_len=80", "train.batc
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("run")
-    result = run_distill(load_config(None, [*BASE, f"run_dir={path}"]), log=lambda m: None)
+    result = run_distill(load_config(packaged_config("tiny.yaml"), [*BASE, f"run_dir={path}"]), log=lambda m: None)
     return path, result
 
 

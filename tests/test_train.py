@@ -18,14 +18,14 @@ from click.testing import CliRunner
 
 from jaxdistill import losses
 from jaxdistill.cli import main
-from jaxdistill.config import load_config
+from jaxdistill.config import load_config, packaged_config
 from jaxdistill.jobs.distill import run_distill
 from jaxdistill.losses import DivergenceLoss, LossConfig
 from jaxdistill.models import ModelConfig, forward, init_params, logical_axes, make_mesh, save_pretrained, shard_params
 from jaxdistill.models.structure import decay_mask
 from jaxdistill.models.lora import merge
 from jaxdistill.models.sharding import activation_sharding
-from jaxdistill.pruning import apply_masks, masked_forward
+from jaxdistill.pruning import apply_masks, masked_forward, param_count
 from jaxdistill.train import (Checkpoints, LoraConfig, OptimizerConfig, StepConfig, TrainingError, init_state,
                               learning_rate_schedule, make_train_step, optimizer_state_bytes, state_shardings)
 from tests.tiny_models import hf_logits
@@ -164,7 +164,7 @@ def _run(tmp_path, *overrides):
             "train.steps=10", "train.log_every=1", "train.checkpoint_every=5", "pruning.start=2",
             "pruning.interval=3", "pruning.stages=2", "pruning.multiple=8", "pruning.calibration_batches=2",
             "loss.chunk_size=64", "eval=null"]  # evaluation in a run: tests/test_eval_run.py
-    return load_config(None, base + list(overrides))
+    return load_config(packaged_config("tiny.yaml"), base + list(overrides))
 
 
 def test_resume_is_bitwise_identical(tmp_path):
@@ -191,9 +191,11 @@ def test_pruning_in_the_loop_keeps_zeros_and_exports(tmp_path):
     step = checkpoints.latest_step()
     restored = checkpoints.restore(step)[0]
     params, masks = restored["params"], restored["masks"]
-    student_config = ModelConfig(model_type="qwen3", vocab_size=4096, hidden_size=32, intermediate_size=64,
-                                 num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True,
-                                 tie_word_embeddings=True)
+    original = ModelConfig(model_type="qwen3", vocab_size=4096, hidden_size=32, intermediate_size=64, num_layers=2,
+                           num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True, tie_word_embeddings=True)
+    student_config = checkpoints.saved_model(step)  # the stages compacted the student: the checkpoint is smaller
+    assert student_config.replace(hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2) == original
+    assert param_count(student_config)["total"] < param_count(original)["total"]
     for a, b in zip(jax.tree.leaves(apply_masks(student_config, params, masks)), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # pruned weights exactly zero
     tokens = np.random.default_rng(1).integers(3, 4096, 20)

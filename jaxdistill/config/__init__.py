@@ -2,7 +2,8 @@
 
     RunConfig                      the `distill` job (the default experiment: `jaxdistill run`)
       data       DataConfig        classification source, supervision format, D (subsample)
-      teacher    TeacherConfig     checkpoint or a model built here; where teacher targets come from
+      teacher    TeacherConfig     model source (dir | .gguf | hub id | preset) or one built here; fine-tuning,
+                                   rationales (traces), where teacher targets come from
       student    StudentConfig     initialisation; what trains (full | lora) and the LoRA adapters
       loss       losses.LossConfig the blended chain-of-thought loss (or kind=divergence)
       optimizer  OptimizerConfig   AdamW with warm-up and decay
@@ -24,8 +25,8 @@ every unknown key, bad type, bad choice, bad range, missing path and incompatibl
 from jaxdistill.config.loading import dump, job_of, load_config, merge, packaged_config, parse_override, to_dict
 from jaxdistill.config.schema import (DEMO_TEACHER, JOBS, DataConfig, PruningConfig, RunConfig, RunConfigError,
                                       SmokeBatch, SmokeConfig, StudentConfig, TeacherCacheConfig, TeacherConfig,
-                                      check_choice)
+                                      TracesConfig, check_choice)
 
 __all__ = ["DEMO_TEACHER", "JOBS", "DataConfig", "PruningConfig", "RunConfig", "RunConfigError", "SmokeBatch",
-           "SmokeConfig", "StudentConfig", "TeacherCacheConfig", "TeacherConfig", "check_choice", "dump", "job_of",
-           "load_config", "merge", "packaged_config", "parse_override", "to_dict"]
+           "SmokeConfig", "StudentConfig", "TeacherCacheConfig", "TeacherConfig", "TracesConfig", "check_choice",
+           "dump", "job_of", "load_config", "merge", "packaged_config", "parse_override", "to_dict"]

@@ -35,6 +35,11 @@ def _check_path(name: str, value: str | None) -> None:
         raise RunConfigError(f"{name}={value!r}: no such file or directory")
 
 
+def _is_local(value: str) -> bool:
+    """A model given as a local path (not a hub id such as org/name, nor a preset name)."""
+    return value.startswith(("/", "./", "../", "~")) or value.endswith(".gguf") or Path(value).exists()
+
+
 def _looks_like_path(value: str) -> bool:
     """A data source given as a local file (a hub id such as nvidia/FinHeadlineMix is not one)."""
     return value.startswith(("/", "./", "../", "~")) or Path(value).suffix.lower() in (
@@ -51,18 +56,15 @@ class DataConfig:
     split: str = "train"
     text_column: str = "text"
     label_column: str = "label"
-    rationale_column: str | None = None  # teacher traces, needed by the cot and blended formats
-    format: str = "label"              # label | cot | blended
-    max_len: int = 96                  # tokens per example (prompt cut from the left beyond it)
-    subsample: int | None = 2000       # D, the data-set size axis (null: all)
-    tokenizer: str | None = None       # null: the shipped 4096-token BPE; or a local HF tokenizer dir
+    rationale_column: str | None = None  # traces in the data; null with format cot|blended: the teacher writes them
+    format: str = "blended"            # label | cot | blended
+    max_len: int = 128                 # tokens per example (prompt cut from the left beyond it)
+    subsample: int | None = 240        # D, the data-set size axis (null: all)
+    tokenizer: str | None = None       # null: the teacher's (a teacher built here: the shipped 4096-token BPE)
     instruction: str | None = "Topic of: {text}"  # null: the default instruction and chat template
 
     def __post_init__(self):
         check_choice("data.format", self.format, FORMATS)
-        if self.format != "label" and self.rationale_column is None:
-            raise RunConfigError(f"data.format={self.format!r} needs data.rationale_column (the column "
-                                 "holding the teacher's reasoning traces); or use data.format=label")
         if self.max_len < 2:
             raise RunConfigError(f"data.max_len={self.max_len}: must be >= 2")
         if self.subsample is not None and self.subsample < 1:
@@ -81,17 +83,41 @@ class TeacherCacheConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TracesConfig:
+    """Teacher-written rationales for the cot and blended formats (when the data has none): the teacher
+    is given the headline and its gold label and explains the label in one or two sentences."""
+
+    max_new_tokens: int = 32
+    batch_size: int = 64
+    prompt: str | None = None          # a user message with {text} and {label}; null: the default
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise RunConfigError(f"teacher.traces.max_new_tokens={self.max_new_tokens}, teacher.traces.batch_size="
+                                 f"{self.batch_size}: both must be >= 1")
+        if self.prompt is not None and ("{text}" not in self.prompt or "{label}" not in self.prompt):
+            raise RunConfigError(f"teacher.traces.prompt={self.prompt!r}: must contain {{text}} and {{label}}")
+
+
+@dataclasses.dataclass(frozen=True)
 class TeacherConfig:
-    path: str | None = None            # a local HF checkpoint directory; null: build one here
+    # a local HF checkpoint directory, a .gguf file, a hub id or a preset (smollm2-135m-instruct);
+    # null: a model built here from teacher.model and trained from scratch
+    path: str | None = "smollm2-135m-instruct"
+    hub: bool | None = None            # try the Hugging Face hub for presets and hub ids (null: when reachable)
     targets: str = "live"              # where the student's teacher targets come from: none | live | cached
-    prepare_steps: int = 150           # supervised steps for a teacher built here
+    prepare_steps: int = 14            # supervised fine-tuning steps on the task (label format) before distilling
+    learning_rate: float | None = 5e-4  # for those steps (null: optimizer.learning_rate)
     model: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEMO_TEACHER))
     cache: TeacherCacheConfig = dataclasses.field(default_factory=TeacherCacheConfig)
+    traces: TracesConfig = dataclasses.field(default_factory=TracesConfig)
 
     def __post_init__(self):
         check_choice("teacher.targets", self.targets, TEACHER_TARGETS)
         if self.prepare_steps < 0:
             raise RunConfigError(f"teacher.prepare_steps={self.prepare_steps}: must be >= 0")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise RunConfigError(f"teacher.learning_rate={self.learning_rate}: must be > 0, or null")
         if self.path is None:
             try:
                 ModelConfig(vocab_size=1, **self.model)
@@ -140,20 +166,32 @@ class PruningConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """The distill job: data -> teacher -> (cache) -> distil + prune the student -> export."""
+    """The distill job: data -> teacher (resolve, fine-tune, traces) -> (cache) -> distil + prune the
+    student -> compact -> evaluate -> export.
+
+    The defaults are the embedded experiment (`jaxdistill run`): SmolLM2-135M-Instruct fine-tuned on the
+    shipped finance-topic headlines, a student distilled with the blended loss over teacher-written
+    rationales while pruned in three cubic stages to 30% of its parameters removed, then teacher,
+    pruned-only baseline and student evaluated in-domain and on ARC-Easy and PIQA.
+    `jaxdistill/configs/tiny.yaml` is the small from-scratch configuration tests and CI use."""
 
     job: str = "distill"
-    run_dir: str = "runs/distill-demo"
+    run_dir: str = "runs/smollm2-finance"
     seed: int = 0
+    cache_dir: str | None = None       # models, prepared teachers, traces (null: $JAXDISTILL_CACHE or ~/.cache/jaxdistill)
     mesh: tuple[int, int, int] = (1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
     student: StudentConfig = dataclasses.field(default_factory=StudentConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
-    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    pruning: PruningConfig | None = dataclasses.field(default_factory=PruningConfig)
-    eval: EvalConfig | None = dataclasses.field(default_factory=EvalConfig)  # null: no evaluation, no held-out split
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=lambda: OptimizerConfig(
+        learning_rate=2e-4, warmup_steps=3))
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
+        steps=16, batch_size=8, seq_len=128, log_every=2, checkpoint_every=8))
+    pruning: PruningConfig | None = dataclasses.field(default_factory=lambda: PruningConfig(
+        final_ratio=0.3, stages=3, interval=4, start=3))
+    eval: EvalConfig | None = dataclasses.field(default_factory=lambda: EvalConfig(
+        suites=("in_domain", "arc_easy", "piqa"), limit=100))  # null: no evaluation, no held-out split
 
     def __post_init__(self):
         check_choice("job", self.job, ("distill",))
@@ -172,6 +210,10 @@ class RunConfig:
         if targets == "cached" and not loss.uses_teacher:
             raise RunConfigError(f"teacher.targets=cached builds a teacher cache that loss.w_kl={loss.w_kl} never "
                                  "reads: set teacher.targets=none")
+        if self.data.format != "label" and self.data.rationale_column is None and self.teacher.path is None:
+            raise RunConfigError(f"data.format={self.data.format!r} needs reasoning traces: set data.rationale_column "
+                                 "(traces in the data) or teacher.path (a pretrained teacher writes them); "
+                                 "or use data.format=label")
         if self.data.max_len > self.train.seq_len:
             raise RunConfigError(f"data.max_len={self.data.max_len} > train.seq_len={self.train.seq_len}: an "
                                  "example must fit in a row")
@@ -185,7 +227,8 @@ class RunConfig:
 
     def check_paths(self) -> None:
         """Every local path the run reads exists."""
-        _check_path("teacher.path", self.teacher.path)
+        if self.teacher.path is not None and _is_local(self.teacher.path):
+            _check_path("teacher.path", self.teacher.path)
         _check_path("student.path", self.student.path)
         _check_path("data.tokenizer", self.data.tokenizer)
         if _looks_like_path(self.data.source):

@@ -1,13 +1,15 @@
-"""The distill job (`jaxdistill run` / `distill`): data -> teacher -> teacher cache -> distil and prune
-the student -> compact -> export.
+"""The distill job (`jaxdistill run` / `distill`): resolve the teacher -> its rationales (cot /
+blended; cached) -> fine-tune it on the task (cached) -> evaluate it -> pruned-only baseline -> distil
+and prune the student (compacted at each stage) -> export -> evaluate.
 
     run_dir/
-      teacher/                 a teacher trained here (teacher.path null, prepare_steps > 0), HF format
+      teacher -> <cache>/teachers/<key>/   the fine-tuned teacher, HF format (a link into the cache)
       teacher-cache/<key>/     sparse teacher targets (teacher.targets=cached)
       checkpoints-{teacher,student}/   orbax checkpoints (resume: run the same command again)
       metrics-{teacher,student}.jsonl  one record per logged step
-      student/                 the compacted student, HF format
-      result.json              the summary (written atomically, last)
+      eval-{teacher,pruned_only,student}.json, split.json
+      student/                 the compacted student with its tokenizer, HF format
+      result.json              the summary, with the wall time of each phase (written atomically, last)
 
 Random streams (fixed, so results do not depend on which phases ran before): key = key(seed);
 teacher init fold_in(key, 0), teacher state fold_in(key, 2), student state fold_in(key, 3), a
@@ -17,118 +19,25 @@ random student fold_in(key, 5); batch order seed + 100 (teacher), seed (student)
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxdistill.atomic_files import atomic_write, write_json
-from jaxdistill.config import RunConfig, dump, to_dict
-from jaxdistill.data import BatchIterator, TargetSettings, build_teacher_cache, encode_dataset, load_tokenizer
+from jaxdistill.config import RunConfig, dump
+from jaxdistill.data import TargetSettings, build_teacher_cache, encode_dataset
 from jaxdistill.jobs.evaluation import evaluate_model, pruned_only, report, split_data, suites_of, template_of
-from jaxdistill.losses import CrossEntropyLoss
-from jaxdistill.models import (ModelConfig, init_params, load_pretrained, logical_axes, make_mesh, save_pretrained,
-                               shard_params)
+from jaxdistill.jobs.phases import batches, calibration_batches, pruning_hooks, run_phase
+from jaxdistill.jobs.teacher import (cached_evaluation, check_vocab, prepare_teacher, resolve_teacher, run_tokenizer,
+                                     teacher_traces)
+from jaxdistill.models import ModelConfig, init_params, load_pretrained, logical_axes, make_mesh, save_pretrained, shard_params
 from jaxdistill.models.hf import to_host
-from jaxdistill.models.sharding import activation_sharding
-from jaxdistill.perf import peak_flops, step_flops
-from jaxdistill.pruning import compact, compression_ratio, importance, param_count, prune_to
-from jaxdistill.train import (Checkpoints, MetricsLog, StepConfig, TrainingError, init_state, make_train_step,
-                              optimizer_state_bytes, reset_pruned_moments, resume, state_shardings,
-                              student_params, throughput, train_loop)
-
-
-def prepare_data(run: RunConfig, log):
-    """(tokenizer, encoded training examples, encoding counts, held-out data or None); the row ids of
-    both sides are written to run_dir/split.json."""
-    d = run.data
-    tokenizer = load_tokenizer(d.tokenizer)
-    data, held_out, ids = split_data(run)
-    if jax.process_index() == 0:
-        write_json(Path(run.run_dir) / "split.json", ids)
-    examples, counts = encode_dataset(data, tokenizer, format=d.format, template=template_of(run), max_len=d.max_len)
-    if not examples:
-        raise TrainingError(f"no examples left after encoding: {counts}")
-    held = "" if held_out is None else f", {len(held_out)} held out"
-    log(f"data: {len(examples)} examples ({counts}){held}, vocab {len(tokenizer)}")
-    return tokenizer, examples, counts, held_out
-
-
-class DeviceBatches:
-    """Batches from a `BatchIterator`, with cached teacher targets added (if any), placed on the mesh
-    batch-sharded (`make_array_from_process_local_data`: each process holds its own rows)."""
-
-    def __init__(self, iterator: BatchIterator, mesh, teacher_cache=None):
-        self.iterator, self.mesh, self.teacher_cache = iterator, mesh, teacher_cache
-
-    def __next__(self) -> dict[str, jax.Array]:
-        batch = next(self.iterator)
-        if self.teacher_cache is not None:
-            t = self.teacher_cache.targets(batch)
-            batch.update(target_ids=t.ids, target_weights=t.weights, target_self_term=t.self_term)
-        return {k: jax.make_array_from_process_local_data(activation_sharding(self.mesh, np.ndim(v)), np.asarray(v))
-                for k, v in batch.items() if k not in ("example_ids", "positions")}
-
-    def state(self) -> dict:
-        return self.iterator.state()
-
-    def restore(self, state: dict) -> None:
-        self.iterator.restore(state)
-
-
-def batches(run: RunConfig, examples, mesh, *, seed_offset: int = 0, teacher_cache=None) -> DeviceBatches:
-    t = run.train
-    iterator = BatchIterator(examples, batch_size=t.batch_size, seq_len=t.seq_len, format=run.data.format,
-                             seed=run.seed + seed_offset, process_index=jax.process_index(),
-                             process_count=jax.process_count())
-    return DeviceBatches(iterator, mesh, teacher_cache)
-
-
-def run_phase(run: RunConfig, c: StepConfig, state, teacher, data: DeviceBatches, mesh, *, name: str,
-              hooks=None, log=print):
-    """Place the state, resume from run_dir if a checkpoint exists, and run the loop for `c.total_steps`."""
-    run_dir = Path(run.run_dir)
-    checkpoints = Checkpoints(run_dir / f"checkpoints-{name}", keep=run.train.keep_checkpoints)
-    shardings = state_shardings(c, state, mesh)
-    config = to_dict(run)
-    state, resumed = resume(checkpoints, jax.device_put(state, shardings), data, config=config,
-                            ignore=("train.stop_at_step",))
-    if resumed is not None:
-        log(f"{name}: resumed from step {resumed}")
-    tokens = run.train.batch_size * run.train.seq_len
-    flops = step_flops(c.student, c.teacher if c.live_teacher else None, tokens, run.train.seq_len)
-    peak, peak_source = peak_flops(c.student, tokens)
-    record = functools.partial(throughput, tokens=tokens, flops=flops, peak=peak, peak_source=peak_source)
-    hooks = {step: functools.partial(hook, shardings=shardings) for step, hook in (hooks or {}).items()}
-    return train_loop(make_train_step(c, shardings), state, data, steps=c.total_steps, train=run.train,
-                      checkpoints=checkpoints, metrics=MetricsLog(run_dir / f"metrics-{name}.jsonl",
-                                                                  resume_step=resumed or 0),
-                      config=config, teacher=teacher if c.live_teacher else {}, hooks=hooks,
-                      record=record, name=name)
-
-
-def prepare_teacher(run: RunConfig, vocab: int, examples, mesh, key, log):
-    """(teacher config, params, steps done): loaded from teacher.path, or built here and trained
-    (supervised) for teacher.prepare_steps (fewer steps done: the run stopped early)."""
-    steps = run.teacher.prepare_steps
-    if run.teacher.path:
-        config, params = load_pretrained(run.teacher.path, mesh=mesh)
-        return config, params, steps
-    config = ModelConfig(vocab_size=vocab, **run.teacher.model)
-    params = shard_params(init_params(config, jax.random.fold_in(key, 0)), logical_axes(config), mesh)
-    if not steps:
-        return config, params, steps
-    c = StepConfig(student=config, loss=CrossEntropyLoss(), optimizer=run.optimizer, total_steps=steps,
-                   micro_batches=run.train.micro_batches, chunk_size=run.loss.chunk_size)
-    state = init_state(c, params, jax.random.fold_in(key, 2))
-    state, _ = run_phase(run, c, state, {}, batches(run, examples, mesh, seed_offset=100), mesh, name="teacher",
-                         log=log)
-    done = int(jax.device_get(state.step))
-    if done == steps:  # every process calls it: it gathers shards, process 0 writes
-        save_pretrained(config, state.params, Path(run.run_dir) / "teacher")
-    return config, state.params, done
+from jaxdistill.pruning import compact, compression_ratio, param_count
+from jaxdistill.train import (StepConfig, TrainingError, current_config, init_state, optimizer_state_bytes,
+                              student_params)
 
 
 def init_student(run: RunConfig, teacher_config: ModelConfig, teacher, mesh, key):
@@ -139,31 +48,6 @@ def init_student(run: RunConfig, teacher_config: ModelConfig, teacher, mesh, key
         return teacher_config, jax.tree.map(jnp.copy, teacher)
     params = init_params(teacher_config, jax.random.fold_in(key, 5))
     return teacher_config, shard_params(params, logical_axes(teacher_config), mesh)
-
-
-def calibration_batches(run: RunConfig, examples, mesh) -> list[dict]:
-    """The pruning calibration batches (tokens, segment ids), from their own batch order."""
-    data = batches(run, examples, mesh, seed_offset=200)
-    return [{k: v for k, v in next(data).items() if k in ("tokens", "segment_ids")}
-            for _ in range(run.pruning.calibration_batches)]
-
-
-def pruning_hooks(run: RunConfig, c: StepConfig, calibration: list[dict], log) -> dict:
-    """{step: stage(state, shardings) -> state} for each stage of the pruning schedule."""
-    p = run.pruning
-    if p is None:
-        return {}
-    schedule = p.schedule()
-
-    def stage(state, *, step: int, shardings):
-        current = student_params(c, state.params, state.lora, state.masks)
-        scores = importance(c.student, current, calibration, method=p.method, masks=state.masks)
-        masks, widths = prune_to(c.student, scores, schedule(step), masks=state.masks, ratio_of=p.ratio_of,
-                                 split=p.split, multiple=p.multiple)
-        log(f"student: step {step}: pruned to {widths} (target ratio {schedule(step):.3f})")
-        return jax.device_put(reset_pruned_moments(c, state.replace(masks=masks)), shardings)
-
-    return {step: functools.partial(stage, step=step) for step in schedule.stage_steps()}
 
 
 def host_tree(tree):
@@ -181,6 +65,21 @@ def teacher_cache(run: RunConfig, teacher_config, teacher, examples, log):
     return cache
 
 
+class PhaseTimer:
+    """Wall time per phase of a run (seconds), reported in result.json."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - start, 2)
+
+
 def run_distill(run: RunConfig, log=print) -> dict:
     """The distill job (see the module docstring); returns the result (also written to result.json)."""
     mesh = make_mesh(run.mesh)
@@ -191,46 +90,87 @@ def run_distill(run: RunConfig, log=print) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(dump(run)))
-    tokenizer, examples, counts, held_out = prepare_data(run, log)
-    key = jax.random.key(run.seed)
-    teacher_config, teacher, done = prepare_teacher(run, len(tokenizer), examples, mesh, key, log)
+    timer, template = PhaseTimer(), template_of(run)
+    with timer("resolve_teacher"):
+        teacher_dir, source = resolve_teacher(run, log)
+        tokenizer, tokenizer_id = run_tokenizer(run, teacher_dir)
+    data, held_out, ids = split_data(run)
+    if jax.process_index() == 0:
+        write_json(run_dir / "split.json", ids)
+    result, student_data = {"teacher": {**source}}, data
+    if run.data.format != "label" and data.rationales is None:
+        with timer("traces"):
+            student_data, result["traces"] = teacher_traces(run, teacher_dir, tokenizer, data, ids["train"], mesh, log)
+    with timer("prepare_teacher"):
+        teacher_config, teacher, done, prepared = prepare_teacher(run, teacher_dir, tokenizer, tokenizer_id, data,
+                                                                  ids["train"], template, mesh, log)
     if done < run.teacher.prepare_steps:
         return {"stopped_at": done, "phase": "teacher"}
-    if teacher_config.vocab_size != len(tokenizer):
-        raise TrainingError(f"vocab sizes differ: teacher {teacher_config.vocab_size}, tokenizer {len(tokenizer)} "
-                            "— teacher and student must share a tokenizer")
+    check_vocab(teacher_config, tokenizer)
+    result["teacher"]["prepared"] = str(prepared) if prepared else None
+    if prepared is not None and prepared != teacher_dir and jax.process_index() == 0:
+        link = run_dir / "teacher"
+        if link.is_symlink() or not link.exists():
+            link.unlink(missing_ok=True)
+            link.symlink_to(prepared.resolve(), target_is_directory=True)
     evals = {}
     if run.eval is not None:
-        evals["teacher"] = evaluate_model(run, "teacher", teacher_config, teacher, tokenizer, held_out, log, mesh)
+        with timer("eval_teacher"):
+            evals["teacher"] = evaluate_model(run, "teacher", teacher_config, teacher, tokenizer, held_out, log, mesh,
+                                              format="label", cache=cached_evaluation(prepared, run, ids["held_out"],
+                                                                                      suites_of(run)))
+    examples, counts = encode_dataset(student_data, tokenizer, format=run.data.format, template=template,
+                                      max_len=run.data.max_len)
+    if not examples:
+        raise TrainingError(f"no examples left after encoding: {counts}")
+    held = "" if held_out is None else f", {len(held_out)} held out"
+    log(f"data: {len(examples)} {run.data.format}-format examples ({counts}){held}, vocab {len(tokenizer)}")
+    key = jax.random.key(run.seed)
     student_config, params = init_student(run, teacher_config, teacher, mesh, key)
     calibration = calibration_batches(run, examples, mesh) if run.pruning is not None else []
     if run.eval is not None and run.pruning is not None:
-        small = pruned_only(run, student_config, params, calibration)
-        evals["pruned_only"] = evaluate_model(run, "pruned_only", *small, tokenizer, held_out, log, mesh)
+        with timer("eval_pruned_only"):
+            small = pruned_only(run, student_config, params, calibration)
+            evals["pruned_only"] = evaluate_model(run, "pruned_only", *small, tokenizer, held_out, log, mesh,
+                                                  format="label")
     c = StepConfig(student=student_config, loss=run.loss, optimizer=run.optimizer, total_steps=run.train.steps,
                    teacher=teacher_config, teacher_targets=run.teacher.targets, trainable=run.student.trainable,
                    lora=run.student.lora, micro_batches=run.train.micro_batches, chunk_size=run.loss.chunk_size)
-    cache = teacher_cache(run, teacher_config, teacher, examples, log) if c.teacher_targets == "cached" else None
-    state = init_state(c, params, jax.random.fold_in(key, 3))
-    state, last = run_phase(run, c, state, teacher, batches(run, examples, mesh, teacher_cache=cache), mesh,
-                            name="student", hooks=pruning_hooks(run, c, calibration, log), log=log)
+    with timer("distill"):
+        cache = teacher_cache(run, teacher_config, teacher, examples, log) if c.teacher_targets == "cached" else None
+        state = init_state(c, params, jax.random.fold_in(key, 3))
+        state, last = run_phase(run, c, state, teacher, batches(run, examples, mesh, teacher_cache=cache), mesh,
+                                name="student", hooks=pruning_hooks(run, c, calibration, log), log=log)
+    c = current_config(c, state)  # the student as trained: compacted by the pruning stages
     done = int(jax.device_get(state.step))
-    result = {"phase": "student", "steps": done, "final": last, "data": counts,
-              "optimizer_state_bytes": optimizer_state_bytes(state), "teacher_targets": c.teacher_targets,
-              "trainable": c.trainable}
+    result.update({"phase": "student", "steps": done, "final": last, "data": counts,
+                   "optimizer_state_bytes": optimizer_state_bytes(state), "teacher_targets": c.teacher_targets,
+                   "trainable": c.trainable})
     if done < run.train.steps:
         return result
-    final = host_tree(student_params(c, state.params, state.lora, state.masks))
-    small_config, small = compact(student_config, final, host_tree(state.masks))
-    result.update(compression_ratio=compression_ratio(student_config, small_config),
-                  student_params=param_count(small_config)["total"], teacher_params=param_count(teacher_config)["total"])
-    save_pretrained(small_config, small, run_dir / "student")  # every process calls it; process 0 writes
+    with timer("export"):
+        final = host_tree(student_params(c, state.params, state.lora, state.masks))
+        small_config, small = compact(c.student, final, host_tree(state.masks))
+        result.update(compression_ratio=compression_ratio(student_config, small_config),
+                      student_params=param_count(small_config)["total"],
+                      teacher_params=param_count(teacher_config)["total"])
+        save_pretrained(small_config, small, run_dir / "student")  # every process calls it; process 0 writes
+        if jax.process_index() == 0:
+            save_tokenizer(tokenizer, run_dir / "student")
     if run.eval is not None:
-        evals["student"] = evaluate_model(run, "student", small_config, small, tokenizer, held_out, log, mesh)
+        with timer("eval_student"):
+            evals["student"] = evaluate_model(run, "student", small_config, small, tokenizer, held_out, log, mesh)
         result["eval"] = {"held_out": len(held_out), "suites": list(suites_of(run)), **evals}
         report(evals, log)
+    result["wall_s"] = timer.times
     if jax.process_index() == 0:
         write_json(run_dir / "result.json", result)
     log(f"student: {result['student_params']:,} parameters ({result['compression_ratio']['total']:.3f} removed), "
         f"exported to {run_dir / 'student'}; last loss {last.get('loss', float('nan')):.4f}")
+    log("wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timer.times.items()))
     return result
+
+
+def save_tokenizer(tokenizer, path: Path) -> None:
+    """The tokenizer next to an exported model, so `AutoTokenizer.from_pretrained(path)` gives it back."""
+    tokenizer.save_pretrained(str(path))

@@ -60,22 +60,31 @@ def suites_of(run: RunConfig) -> tuple[str, ...]:
 
 
 def evaluate_model(run: RunConfig, name: str, config: ModelConfig, params, tokenizer, held_out, log,
-                   mesh=None) -> dict:
-    """The run's suites on one model; cached in run_dir/eval-{name}.json (a resumed run reads it).
+                   mesh=None, *, format: str | None = None, cache: Path | None = None) -> dict:
+    """The run's suites on one model; cached in run_dir/eval-{name}.json (a resumed run reads it) and,
+    with `cache`, also there (a prepared teacher's evaluation, reused by every run that shares it).
+    `format`: the supervision format the model was trained in (default data.format): the fine-tuned
+    teacher and the pruned-only baseline answer in the label format.
     On one process the scoring batches are sharded over `mesh`'s batch axes with the parameters where
     they are; on several, every process evaluates the gathered model and process 0 writes."""
     path = Path(run.run_dir) / f"eval-{name}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    for known in (path, cache):
+        if known is not None and known.is_file():
+            results = json.loads(known.read_text())
+            if known != path and jax.process_index() == 0:
+                write_json(path, results)
+            return results
     if jax.process_count() > 1:
         params, mesh = jax.tree.map(lambda x: jnp.asarray(to_host(x)), params), None
     else:
         params = jax.tree.map(jnp.asarray, params)  # compacted models come as host arrays: place them once
     log(f"eval: {name}")
     results = run_suites(config, params, tokenizer, suites_of(run), eval_config=run.eval, held_out=held_out,
-                         format=run.data.format, template=template_of(run), mesh=mesh, log=log)
+                         format=format or run.data.format, template=template_of(run), mesh=mesh, log=log)
     if jax.process_index() == 0:
         write_json(path, results)
+        if cache is not None and cache.parent.is_dir():
+            write_json(cache, results)
     return results
 
 
@@ -101,7 +110,7 @@ def evaluate_dir(path: str | Path, overrides=(), *, suites=None, limit=None, log
         run = load_config(run_config_file, overrides, check_paths=False)
         models = {name: path / name for name in ("teacher", "student") if (path / name / "config.json").is_file()}
     elif (path / "config.json").is_file():
-        run = load_config(None, overrides, check_paths=False)
+        run = load_config(None, ["data.format=label", *overrides], check_paths=False)
         models = {path.name: path}
     else:
         raise EvaluationError(f"{path}: neither a run directory (config.yaml) nor a Hugging Face model directory "
@@ -109,7 +118,8 @@ def evaluate_dir(path: str | Path, overrides=(), *, suites=None, limit=None, log
     if run.eval is None:
         raise EvaluationError("eval=null in the run config: set eval.suites (and eval.held_out) to evaluate")
     eval_config = run.eval if limit is None else dataclasses.replace(run.eval, limit=limit)
-    tokenizer = load_tokenizer(run.data.tokenizer)
+    own = next((m for m in models.values() if (m / "tokenizer.json").is_file()), None)
+    tokenizer = load_tokenizer(run.data.tokenizer or (str(own) if own is not None else None))
     _, held_out, _ = split_data(run)
     out = {}
     for name, model_dir in models.items():
@@ -117,6 +127,7 @@ def evaluate_dir(path: str | Path, overrides=(), *, suites=None, limit=None, log
         config, params = load_pretrained(model_dir)
         log(f"eval: {name}")
         out[name] = run_suites(config, params, tokenizer, suites or suites_of(run), eval_config=eval_config,
-                               held_out=held_out, format=run.data.format, template=template_of(run), log=log)
+                               held_out=held_out, format="label" if name == "teacher" else run.data.format,
+                               template=template_of(run), log=log)
     write_json(path / "eval.json", out)
     return out

@@ -50,6 +50,9 @@ def test_gguf_teacher_end_to_end_and_reuse(teacher_gguf, tmp_path):
     assert result["teacher"]["kind"] == "gguf"
     prepared = cache / "teachers" / os.path.basename(result["teacher"]["prepared"])
     assert json.loads((prepared / "prepared.json").read_text())["steps"] == 2
+    split = json.loads((tmp_path / "a" / "split.json").read_text())  # the teacher's own sample, not D
+    assert len(split["train"]) == 40 and len(split["teacher"]) == 2000
+    assert not set(split["teacher"]) & set(split["held_out"])
     assert (tmp_path / "a" / "teacher" / "config.json").is_file()  # a link to the prepared teacher
 
     # rationales: one per training example, cached, attached, their quality reported

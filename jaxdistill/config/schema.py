@@ -108,6 +108,8 @@ class TeacherConfig:
     targets: str = "live"              # where the student's teacher targets come from: none | live | cached
     prepare_steps: int = 14            # supervised fine-tuning steps on the task (label format) before distilling
     learning_rate: float | None = 5e-4  # for those steps (null: optimizer.learning_rate)
+    # headlines it fine-tunes on, drawn from the training split independently of D (null: the run's D)
+    prepare_subsample: int | None = 2000
     model: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEMO_TEACHER))
     cache: TeacherCacheConfig = dataclasses.field(default_factory=TeacherCacheConfig)
     traces: TracesConfig = dataclasses.field(default_factory=TracesConfig)
@@ -116,6 +118,8 @@ class TeacherConfig:
         check_choice("teacher.targets", self.targets, TEACHER_TARGETS)
         if self.prepare_steps < 0:
             raise RunConfigError(f"teacher.prepare_steps={self.prepare_steps}: must be >= 0")
+        if self.prepare_subsample is not None and self.prepare_subsample < 1:
+            raise RunConfigError(f"teacher.prepare_subsample={self.prepare_subsample}: must be >= 1, or null")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise RunConfigError(f"teacher.learning_rate={self.learning_rate}: must be > 0, or null")
         if self.path is None:

@@ -94,7 +94,7 @@ def run_distill(run: RunConfig, log=print) -> dict:
     with timer("resolve_teacher"):
         teacher_dir, source = resolve_teacher(run, log)
         tokenizer, tokenizer_id = run_tokenizer(run, teacher_dir)
-    data, held_out, ids = split_data(run)
+    data, held_out, ids, teacher_data = split_data(run, teacher=True)
     if jax.process_index() == 0:
         write_json(run_dir / "split.json", ids)
     result, student_data = {"teacher": {**source}}, data
@@ -102,8 +102,8 @@ def run_distill(run: RunConfig, log=print) -> dict:
         with timer("traces"):
             student_data, result["traces"] = teacher_traces(run, teacher_dir, tokenizer, data, ids["train"], mesh, log)
     with timer("prepare_teacher"):
-        teacher_config, teacher, done, prepared = prepare_teacher(run, teacher_dir, tokenizer, tokenizer_id, data,
-                                                                  ids["train"], template, mesh, log)
+        teacher_config, teacher, done, prepared = prepare_teacher(run, teacher_dir, tokenizer, tokenizer_id,
+                                                                  teacher_data, ids["teacher"], template, mesh, log)
     if done < run.teacher.prepare_steps:
         return {"stopped_at": done, "phase": "teacher"}
     check_vocab(teacher_config, tokenizer)

@@ -39,20 +39,31 @@ def template_of(run: RunConfig) -> Template:
     return Template(instruction=d.instruction, use_chat_template=False) if d.instruction else Template()
 
 
-def split_data(run: RunConfig) -> tuple[ClassificationData, ClassificationData | None, dict]:
-    """(training data, held-out data or None, {"train": source row ids, "held_out": ...}).
-    The held-out part is split off first (stratified, seeded), then D is drawn from the rest."""
+def split_data(run: RunConfig, *, teacher: bool = False):
+    """(training data, held-out data or None, {"train": source row ids, "held_out": ...}), and with
+    `teacher` a fourth item: the teacher's fine-tuning data (ids["teacher"]). The held-out part is
+    split off first (stratified, seeded), then D is drawn from the rest; the teacher's sample
+    (teacher.prepare_subsample) is drawn from the same rest with its own seed, independent of D, so
+    every D of a sweep shares one prepared teacher (null: the run's D examples)."""
     d = run.data
     data = load_source(d.source, split=d.split, text_column=d.text_column, label_column=d.label_column,
                        rationale_column=d.rationale_column)
-    rows = np.arange(len(data))
+    pool = np.arange(len(data))
     held_rows = np.array([], int)
     if run.eval is not None:
-        rows, held_rows = stratified_split(data.labels, (1.0 - run.eval.held_out, run.eval.held_out), seed=run.seed)
+        pool, held_rows = stratified_split(data.labels, (1.0 - run.eval.held_out, run.eval.held_out), seed=run.seed)
+    rows = pool
     if d.subsample:
-        rows = rows[stratified_subsample(data.labels[rows], min(d.subsample, len(rows)), seed=run.seed)]
+        rows = pool[stratified_subsample(data.labels[pool], min(d.subsample, len(pool)), seed=run.seed)]
     ids = {"train": rows.tolist(), "held_out": held_rows.tolist()}
-    return data.subset(rows), (data.subset(held_rows) if run.eval is not None else None), ids
+    out = (data.subset(rows), (data.subset(held_rows) if run.eval is not None else None), ids)
+    if not teacher:
+        return out
+    n = run.teacher.prepare_subsample
+    teacher_rows = rows if n is None else pool[stratified_subsample(data.labels[pool], min(n, len(pool)),
+                                                                    seed=run.seed + 1)]
+    ids["teacher"] = teacher_rows.tolist()
+    return (*out, data.subset(teacher_rows))
 
 
 def suites_of(run: RunConfig) -> tuple[str, ...]:

@@ -213,6 +213,7 @@ def test_full_compacted_equals_masked_and_compiles_once_per_shape(full_runs):
     assert [r["step_compilations"] for r in records] == [1] * STEPS
 
 
+@pytest.mark.slow
 def test_lora_compacted_equals_masked(tmp_path):
     c = _config("lora", micro_batches=1)
     masked, masked_losses = _masked_run(c, **LORA)

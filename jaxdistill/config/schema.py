@@ -59,7 +59,7 @@ class DataConfig:
     rationale_column: str | None = None  # traces in the data; null with format cot|blended: the teacher writes them
     format: str = "blended"            # label | cot | blended
     max_len: int = 128                 # tokens per example (prompt cut from the left beyond it)
-    subsample: int | None = 240        # D, the data-set size axis (null: all)
+    subsample: int | None = 160        # D, the data-set size axis (null: all)
     tokenizer: str | None = None       # null: the teacher's (a teacher built here: the shipped 4096-token BPE)
     instruction: str | None = "Topic of: {text}"  # null: the default instruction and chat template
 
@@ -106,8 +106,8 @@ class TeacherConfig:
     path: str | None = "smollm2-135m-instruct"
     hub: bool | None = None            # try the Hugging Face hub for presets and hub ids (null: when reachable)
     targets: str = "live"              # where the student's teacher targets come from: none | live | cached
-    prepare_steps: int = 14            # supervised fine-tuning steps on the task (label format) before distilling
-    learning_rate: float | None = 5e-4  # for those steps (null: optimizer.learning_rate)
+    prepare_steps: int = 28            # supervised fine-tuning steps on the task (label format) before distilling
+    learning_rate: float | None = 3e-4  # for those steps (null: optimizer.learning_rate)
     # headlines it fine-tunes on, drawn from the training split independently of D (null: the run's D)
     prepare_subsample: int | None = 2000
     model: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEMO_TEACHER))
@@ -191,9 +191,9 @@ class RunConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=lambda: OptimizerConfig(
         learning_rate=2e-4, warmup_steps=3))
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
-        steps=16, batch_size=8, seq_len=128, log_every=2, checkpoint_every=8))
+        steps=12, batch_size=8, seq_len=128, log_every=2, checkpoint_every=10))
     pruning: PruningConfig | None = dataclasses.field(default_factory=lambda: PruningConfig(
-        final_ratio=0.3, stages=3, interval=4, start=3))
+        final_ratio=0.3, stages=3, interval=3, start=2))
     eval: EvalConfig | None = dataclasses.field(default_factory=lambda: EvalConfig(
         suites=("in_domain", "arc_easy", "piqa"), limit=100))  # null: no evaluation, no held-out split
 

@@ -201,6 +201,7 @@ def full_runs(tmp_path_factory):
     return c, masked, masked_losses, compacted
 
 
+@pytest.mark.slow
 def test_full_compacted_equals_masked_and_compiles_once_per_shape(full_runs):
     c, masked, masked_losses, (state, losses, made, records, _) = full_runs
     _check_equal_to_masked(c, masked, masked_losses, state, losses, FULL["stages"][5])
@@ -229,6 +230,7 @@ def test_lora_compacted_equals_masked(tmp_path):
                   student_params(ref_c, ref.params, ref.lora, ref.masks), 1e-4, "merged")
 
 
+@pytest.mark.slow
 def test_resume_after_compaction_restores_small_shapes_and_continues(tmp_path, full_runs):
     c, _, _, (full, full_losses, _, _, _) = full_runs
     mesh = _mesh()

@@ -151,7 +151,7 @@ def test_compiles_once_per_length_bucket(bpe, tmp_path, monkeypatch):
         shapes.append((len(prompts), -(-max(map(len, prompts)) // kw["pad_to_multiple"]) * kw["pad_to_multiple"]))
         return original(config, params, prompts, settings, **kw)
 
-    monkeypatch.setattr("jaxdistill.data.traces.generate", spy)
+    monkeypatch.setattr("jaxdistill.data.rationales.generate", spy)
     settings = SamplingSettings(max_new_tokens=3)
     before = sample._generate._cache_size()
     counts = generate_rationales(config, params, bpe, data, tmp_path / "r.jsonl", teacher_id="t",

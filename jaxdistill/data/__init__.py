@@ -6,9 +6,9 @@ from jaxdistill.data.sources import (ClassificationData, DataError, load_source,
                                      stratified_subsample)
 from jaxdistill.data.teacher_cache import TargetSettings, TeacherCache, build_teacher_cache
 from jaxdistill.data.tokenizer import load_tokenizer, train_bpe
-from jaxdistill.data.traces import (RATIONALE_PROMPT, attach_traces, clean_rationale, completion_text,
-                                    generate_rationales, generate_traces, load_traces, rationale_prompt,
-                                    rationale_stop_tokens, trace_quality)
+from jaxdistill.data.rationales import (RATIONALE_PROMPT, clean_rationale, generate_rationales, rationale_prompt,
+                                        rationale_stop_tokens, trace_quality)
+from jaxdistill.data.traces import attach_traces, completion_text, generate_traces, load_traces
 
 __all__ = ["FORMATS", "RATIONALE_PROMPT", "BatchIterator", "BatchingError", "ClassificationData", "DataError",
            "Example", "TargetSettings", "TeacherCache", "Template", "attach_traces", "build_rows",

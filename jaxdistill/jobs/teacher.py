@@ -30,7 +30,7 @@ from jaxdistill.atomic_files import write_json
 from jaxdistill.config import RunConfig, to_dict
 from jaxdistill.data import (ClassificationData, attach_traces, encode_dataset, generate_rationales, load_tokenizer,
                              load_traces, trace_quality)
-from jaxdistill.data.traces import RATIONALE_PROMPT
+from jaxdistill.data.rationales import RATIONALE_PROMPT
 from jaxdistill.jobs.phases import batches, run_phase
 from jaxdistill.losses import CrossEntropyLoss
 from jaxdistill.models import ModelConfig, init_params, load_pretrained, logical_axes, save_pretrained, shard_params

@@ -44,6 +44,11 @@ the file does not say, when llama.cpp would (llama3 and tekken vocabularies; tra
 tokenizer adds none then). For `smollm` (digits split one by one, as SmolLM's tokenizer.json)
 transformers falls back to GPT-2's split, which gives the same ids only while the vocabulary has
 no multi-digit tokens.
+
+Kept as one module (~510 lines) on purpose: the name map, the Q/K permutation, the config read from
+metadata and the tokenizer rebuilt from the same metadata are one format's reader, and every part reads
+the same `GGUFReader` fields; the seam, if it grows, is the tokenizer (`gguf_tokenizer` and its
+pre-tokenizer table) into `models/gguf_tokenizer.py`.
 """
 
 from __future__ import annotations

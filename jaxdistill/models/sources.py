@@ -22,6 +22,11 @@
 
 Every file is written under a temporary name and renamed into place, so a run killed mid-way never
 leaves anything that looks complete; the next run picks up from the last finished step.
+
+Kept as one module (~450 lines) on purpose: the five resolution paths share the cache layout, the
+atomic-write helpers and one error message that names every path that failed; split apart, each
+piece would need the others' private helpers. The seam, if it grows: the preset fetch (pip, wheel
+checks, extraction: `_resolve_preset` and below) into `models/presets.py`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxdistill.atomic_files import write_json
 from jaxdistill.config import RunConfig, load_config
-from jaxdistill.data import (ClassificationData, Template, load_source, load_tokenizer, stratified_split,
+from jaxdistill.data import (Template, load_source, load_tokenizer, stratified_split,
                              stratified_subsample)
 from jaxdistill.evaluate.classification import check_vocabulary
 from jaxdistill.evaluate.loglik import EvaluationError

@@ -145,6 +145,7 @@ def test_classification_metrics_by_hand():
     assert m["per_class_recall"] == pytest.approx([1 / 3, 1.0, 0.0, None])
     assert m["confusion"] == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
     assert (m["majority"], m["uniform"], m["unparsable_rate"]) == (0.5, 0.25, pytest.approx(1 / 6))
+    assert m["correct"] == [1, 0, 0, 1, 1, 0]  # per example, in order (what a sweep's bootstrap resamples)
     with pytest.raises(EvaluationError, match=r"\[5\] are outside 0..3"):
         classification_metrics([0, 1], [0, 5], num_classes=4)
 

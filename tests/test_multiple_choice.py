@@ -204,6 +204,8 @@ def test_mmlu_reports_subjects_micro_and_subject_mean(tokenizer):
     assert list(result["subjects"]) == subjects and len(subjects) == 57
     assert result["subjects"]["abstract_algebra"] == {"n": 3, "acc": 0.0, "stderr": 0.0}
     assert result["subjects"]["anatomy"]["acc"] == pytest.approx(1 / 3)
+    expected = [seen_k <= right[q.subject] for q, seen_k in zip(questions, _ranks(questions))]
+    assert result["correct"] == [int(e) for e in expected]  # per question, in order
     assert result["subjects"]["anatomy"]["stderr"] == pytest.approx(np.sqrt((1 / 3) * (2 / 3) / 2))
     total = sum(right.values())
     assert result["metrics"]["acc"] == pytest.approx(total / (3 * 57))
@@ -244,3 +246,13 @@ def test_bad_limits_and_shot_counts():
         load_questions("copa", num_fewshot=-1)
     with pytest.raises(EvaluationError, match="num_fewshot=6 for suite 'mmlu'.*offers 5"):
         load_questions("mmlu", num_fewshot=6)
+
+
+def _ranks(questions) -> list[int]:
+    """1, 2, 3, ... within each subject, in question order."""
+    seen: dict[str, int] = {}
+    out = []
+    for q in questions:
+        seen[q.subject] = seen.get(q.subject, 0) + 1
+        out.append(seen[q.subject])
+    return out

@@ -119,7 +119,7 @@ def greedy_completions(config: ModelConfig, params: Params, tokenizer, prompts: 
 def classification_metrics(gold: Sequence[int], predicted: Sequence[int | None], num_classes: int) -> dict:
     """The metrics of the module docstring: {"n", "acc", "acc_stderr", "macro_f1", "per_class_recall"
     ([K], None for classes without a gold example), "confusion" (K x K lists), "majority", "uniform",
-    "unparsable_rate"}."""
+    "unparsable_rate", "correct" (0/1 per example: what a bootstrap over examples resamples)}."""
     gold = np.asarray(gold, int)
     pred = np.array([-1 if p is None else p for p in predicted], int)
     if len(gold) == 0 or len(gold) != len(pred):
@@ -146,7 +146,8 @@ def classification_metrics(gold: Sequence[int], predicted: Sequence[int | None],
             "macro_f1": float(f1[present].mean()),
             "per_class_recall": [float(r) if c > 0 else None for r, c in zip(recall, gold_count)],
             "confusion": confusion.tolist(), "majority": float(gold_count.max() / len(gold)),
-            "uniform": 1.0 / num_classes, "unparsable_rate": float(np.mean(~parsed))}
+            "uniform": 1.0 / num_classes, "unparsable_rate": float(np.mean(~parsed)),
+            "correct": correct.astype(int).tolist()}
 
 
 def evaluate_classification(config: ModelConfig, params: Params, tokenizer, data: ClassificationData, *,
@@ -180,6 +181,6 @@ def evaluate_classification(config: ModelConfig, params: Params, tokenizer, data
             "chance": {"majority": m["majority"], "uniform": m["uniform"]},
             "per_class_recall": {name: r for name, r in zip(data.label_names, m["per_class_recall"])
                                  if r is not None},
-            "confusion": m["confusion"],
+            "confusion": m["confusion"], "correct": m["correct"],
             **({"unparsable_rate": m["unparsable_rate"]} if method == "generate" else {}),
             "seconds": seconds, "examples_per_s": m["n"] / seconds}

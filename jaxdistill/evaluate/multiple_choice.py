@@ -90,14 +90,15 @@ def mean_stderr(correct: np.ndarray) -> tuple[float, float]:
 
 
 def suite_metrics(suite_name: str, gold: np.ndarray, meta: dict, scores: Sequence[Scores]) -> dict:
-    """{"n", "metrics", "stderr", "chance"} (+ "subjects" when the questions have subjects) from the
+    """{"n", "metrics", "stderr", "chance", "correct" (0/1 per question, acc)} (+ "subjects" when the questions have subjects) from the
     scores of `build_requests`' requests."""
     questions = meta["questions"]
     logliks = option_logliks(scores, meta["slots"])
     correct = {"acc": _correct(logliks, gold),
                "acc_norm": _correct(logliks, gold, [np.array([len(a) for a in q.answers], float) for q in questions])}
     out = {"n": len(questions), "metrics": {}, "stderr": {},
-           "chance": float(np.mean([1 / len(q.answers) for q in questions]))}
+           "chance": float(np.mean([1 / len(q.answers) for q in questions])),
+           "correct": correct["acc"].astype(int).tolist()}  # per question: what a bootstrap resamples
     for metric in suite(suite_name).metrics:
         out["metrics"][metric], out["stderr"][metric] = mean_stderr(correct[metric])
     subjects = np.array([q.subject for q in questions])

@@ -1,6 +1,14 @@
-"""Command line: `jaxdistill run | distill [CONFIG] [key=value ...]`, `jaxdistill eval (RUN_DIR | HF_DIR)
-[--suites a,b] [--limit N]`, `jaxdistill convert FILE.gguf OUT_DIR`, `jaxdistill config show [CONFIG]
-[key=value ...]` and `jaxdistill bench CONFIG [key=value ...] [--json]`.
+"""Command line:
+
+    jaxdistill run | distill [CONFIG] [key=value ...]      a distill run (no CONFIG: the default experiment)
+    jaxdistill eval (RUN_DIR | HF_DIR) [--suites a,b] [--limit N]
+    jaxdistill sweep SWEEP.yaml [--shard i/n] [--status]  a sweep of distill runs -> results.parquet
+    jaxdistill fit RESULTS                                scaling laws, intervals, collapse points -> fits.json
+    jaxdistill report SWEEP_DIR                           report.md + plots
+    jaxdistill recommend FITS --in-domain X --floor METRIC=Y
+    jaxdistill convert FILE.gguf OUT_DIR
+    jaxdistill config show [CONFIG] [key=value ...]
+    jaxdistill bench CONFIG [key=value ...] [--json]
 
 Every config mistake (unknown key, bad value, missing path, incompatible combination) is a usage
 error (exit 2) before any work starts; errors the run itself meets are reported without a traceback.
@@ -11,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -18,22 +27,14 @@ import yaml
 
 from jaxdistill.bench import PRESETS, check_spec, run_benchmark
 from jaxdistill.config import RunConfigError, dump, load_config, merge, parse_override
-from jaxdistill.data import BatchingError, DataError
-from jaxdistill.data.formats import FormatError
 from jaxdistill.evaluate.loglik import EvaluationError
 from jaxdistill.evaluate.run import available_suites, check_suites, summary_table
 from jaxdistill.jobs.distill import run_distill
+from jaxdistill.jobs.errors import RUN_ERRORS
 from jaxdistill.jobs.evaluation import evaluate_dir
 from jaxdistill.jobs.smoke import model_smoke
-from jaxdistill.losses import LossInputError
 from jaxdistill.models import CheckpointError, ConfigError
-from jaxdistill.models.sources import ModelSourceError
-from jaxdistill.pruning import PruningError
-from jaxdistill.train import TrainingError
 
-# Errors a run can meet after its config was accepted: reported as one line, without a traceback.
-RUN_ERRORS = (TrainingError, DataError, FormatError, BatchingError, PruningError, CheckpointError, ConfigError,
-              LossInputError, ModelSourceError)
 
 
 JOB_RUNNERS = {"distill": run_distill, "model-smoke": model_smoke}  # the jobs of `config.JOBS`
@@ -122,6 +123,119 @@ def convert(gguf_file, out_dir):
     except (CheckpointError, ConfigError) as err:
         raise click.ClickException(f"{type(err).__name__}: {err}") from err
     click.echo(f"converted {gguf_file} -> {path}", err=True)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("sweep_file", type=click.Path(path_type=Path))
+@click.option("--shard", default=None, help="Run only points j with j mod n == i: 'i/n' (one process or host "
+              "each, one sweep_dir), or 'auto' (SLURM_PROCID/SLURM_NTASKS, TPU_WORKER_ID/TPU_WORKER_HOSTNAMES).")
+@click.option("--status", is_flag=True, help="Print the progress (done / failed / running / left, ETA) and exit.")
+@click.argument("overrides", nargs=-1)
+def sweep(sweep_file, shard, status, overrides):
+    """Run a sweep: a base run config and axes (any config key) as a grid and/or a list of points,
+    each point a distill run in SWEEP_DIR/points/<id>, results in SWEEP_DIR/results.parquet. Rerun the
+    same command to resume; key=value overrides apply to every point."""
+    from jaxdistill.jobs.sweep import SweepError, format_progress, load_sweep, parse_shard, progress, run_sweep
+
+    try:
+        spec = load_sweep(sweep_file, overrides)
+        where = parse_shard(shard)
+        if status:
+            click.echo(format_progress(spec, progress(spec)))
+            return
+        run_sweep(spec, shard=where, log=lambda msg: click.echo(msg, err=True))
+    except SweepError as err:
+        raise click.UsageError(str(err)) from err
+
+
+def _results_path(path: Path) -> Path:
+    table = path / "results.parquet" if path.is_dir() else path
+    if not table.is_file():
+        raise click.UsageError(f"{path}: no results table (a sweep directory with results.parquet, or the "
+                               "parquet file itself; run `jaxdistill sweep SWEEP.yaml` first)")
+    return table
+
+
+@main.command()
+@click.argument("results", type=click.Path(exists=True, path_type=Path))
+@click.option("--boot", default=200, show_default=True, help="Bootstrap draws (over evaluation examples).")
+@click.option("--level", default=0.9, show_default=True, help="Interval level.")
+@click.option("--margin-general", default=0.25, show_default=True,
+              help="Collapse: a general metric within this share of (teacher - chance) above chance.")
+@click.option("--margin-in-domain", default=0.1, show_default=True,
+              help="In-domain quality held: within this share of (teacher - chance) below the teacher.")
+def fit(results, boot, level, margin_general, margin_in_domain):
+    """Fit scaling laws to a sweep's results (SWEEP_DIR or results.parquet): each metric as a function
+    of (D, r) per format / schedule / method, with bootstrap intervals and leave-one-point-out error,
+    and the collapse point per format; writes fits.json next to the table and prints the collapse points."""
+    import pandas as pd
+
+    from jaxdistill.scaling import fit_table, write_fits
+
+    table = _results_path(results)
+    with warnings.catch_warnings():  # fit_table also lists them in the document: printed once, below
+        warnings.simplefilter("ignore")
+        doc = fit_table(pd.read_parquet(table), boot=boot, level=level, margin_general=margin_general,
+                        margin_in_domain=margin_in_domain)
+    write_fits(doc, table.parent / "fits.json")
+    for group in doc["groups"]:
+        label = ", ".join(f"{k}={v}" for k, v in group["key"].items())
+        for metric, c in group.get("collapse", {}).items():
+            click.echo(f"{label}: {metric} collapses at r={_r(c['r_general'])} {_ci(c['r_general_ci'])}, in-domain "
+                       f"holds to r={_r(c['r_in_domain'])} {_ci(c['r_in_domain_ci'])} at D={c['D']:g}; "
+                       f"P(general collapses first) = {c['claim_prob']:.2f}")
+    for warning in doc.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"written to {table.parent / 'fits.json'}", err=True)
+
+
+def _r(value) -> str:
+    return "beyond 0.99" if value is None else f"{value:.2f}"
+
+
+def _ci(ci) -> str:
+    return "" if not ci else f"[{_r(ci[0])}, {_r(ci[1])}]"
+
+
+@main.command()
+@click.argument("sweep_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--title", default=None, help="The report's title (default: from the sweep's name).")
+def report(sweep_dir, title):
+    """Write SWEEP_DIR/report.md and plots/ from results.parquet and fits.json (`jaxdistill fit` first;
+    without fits the report has the measurements only)."""
+    from jaxdistill.scaling.report import write_report
+
+    _results_path(sweep_dir)
+    click.echo(f"written {write_report(sweep_dir, title=title)}", err=True)
+
+
+@main.command()
+@click.argument("fits", type=click.Path(exists=True, path_type=Path))
+@click.option("--in-domain", "target", type=float, required=True, help="Target in-domain accuracy.")
+@click.option("--floor", "floors", multiple=True, help="A general metric's floor, e.g. arc_easy.acc=0.35 (repeat).")
+@click.option("--data-size", "ds", type=float, multiple=True, help="Candidate D (default: the sweep's).")
+@click.option("--format", "formats", multiple=True, help="Candidate formats (default: all fitted).")
+def recommend(fits, target, floors, ds, formats):
+    """The smallest student (largest compression ratio r), with its D and format, that the fitted laws
+    predict meets an in-domain accuracy target and a floor on each general metric; with intervals."""
+    from jaxdistill.scaling import load_fits
+    from jaxdistill.scaling import recommend as recommend_from
+
+    path = fits / "fits.json" if fits.is_dir() else fits
+    general = {}
+    for text in floors:
+        name, _, value = text.partition("=")
+        try:
+            general[name.strip()] = float(value)
+        except ValueError:
+            raise click.UsageError(f"--floor {text!r}: expected METRIC=VALUE, e.g. arc_easy.acc=0.35") from None
+    try:
+        out = recommend_from(load_fits(path), in_domain_target=target, general_floor=general, ds=list(ds) or None,
+                             formats=list(formats) or None)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    click.echo(out["message"])
+    click.echo(json.dumps({k: v for k, v in out.items() if k != "message"}, indent=2, default=str))
 
 
 @main.group()

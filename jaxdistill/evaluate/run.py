@@ -53,6 +53,7 @@ class EvalConfig:
     held_out: float = 0.1              # fraction of the data held out for in-domain evaluation (stratified)
     batch_size: int = 8
     max_new_tokens: int = 64           # in_domain_generate: trace + answer budget
+    pruned_only: bool = True           # also evaluate the pruned-only baseline (one-shot, no distillation)
 
     def __post_init__(self):
         if self.suites is not None:

@@ -4,12 +4,17 @@ and prune the student (compacted at each stage) -> export -> evaluate.
 
     run_dir/
       teacher -> <cache>/teachers/<key>/   the fine-tuned teacher, HF format (a link into the cache)
-      teacher-cache/<key>/     sparse teacher targets (teacher.targets=cached)
       checkpoints-{teacher,student}/   orbax checkpoints (resume: run the same command again)
       metrics-{teacher,student}.jsonl  one record per logged step
       eval-{teacher,pruned_only,student}.json, split.json
       student/                 the compacted student with its tokenizer, HF format
-      result.json              the summary, with the wall time of each phase (written atomically, last)
+      result.json              the summary, with the wall time of each phase (written atomically, last);
+                               a rerun of a finished run returns it as it is
+
+Shared through the cache directory (`cache_dir`), so runs that can share them (the points of a
+sweep) pay once: the resolved model, the fine-tuned teacher and its evaluation, the rationales,
+and the sparse teacher targets (teacher.targets=cached: <cache>/targets/<key>/, built under a file
+lock). result.json's `reused` says which of them this run found ready.
 
 Random streams (fixed, so results do not depend on which phases ran before): key = key(seed);
 teacher init fold_in(key, 0), teacher state fold_in(key, 2), student state fold_in(key, 3), a
@@ -20,6 +25,8 @@ random student fold_in(key, 5); batch order seed + 100 (teacher), seed (student)
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import time
 from pathlib import Path
 
@@ -31,8 +38,8 @@ from jaxdistill.config import RunConfig, dump
 from jaxdistill.data import TargetSettings, build_teacher_cache, encode_dataset
 from jaxdistill.jobs.evaluation import evaluate_model, pruned_only, report, split_data, suites_of, template_of
 from jaxdistill.jobs.phases import batches, calibration_batches, pruning_hooks, run_phase
-from jaxdistill.jobs.teacher import (cached_evaluation, check_vocab, prepare_teacher, resolve_teacher, run_tokenizer,
-                                     teacher_traces)
+from jaxdistill.jobs.teacher import (cache_root, cached_evaluation, check_vocab, prepare_teacher, resolve_teacher,
+                                     run_tokenizer, teacher_key, teacher_traces)
 from jaxdistill.models import ModelConfig, init_params, load_pretrained, logical_axes, make_mesh, save_pretrained, shard_params
 from jaxdistill.models.hf import to_host
 from jaxdistill.pruning import compact, compression_ratio, param_count
@@ -58,11 +65,24 @@ def host_tree(tree):
 def teacher_cache(run: RunConfig, teacher_config, teacher, examples, log):
     settings = TargetSettings(method=run.teacher.cache.method, k=run.teacher.cache.k,
                               temperature=run.loss.temperature, seed=run.seed)
-    cache = build_teacher_cache(teacher_config, teacher, examples, Path(run.run_dir) / "teacher-cache",
-                                format=run.data.format, tokenizer_id=str(run.data.tokenizer), settings=settings,
-                                seq_len=run.train.seq_len)
+    root = cache_root(run) / "targets"
+    root.mkdir(parents=True, exist_ok=True)
+    with file_lock(root / ".lock"):  # one writer per key: the points of a sweep may build it concurrently
+        cache = build_teacher_cache(teacher_config, teacher, examples, root, format=run.data.format,
+                                    tokenizer_id=str(run.data.tokenizer), settings=settings, seq_len=run.train.seq_len)
     log(f"teacher cache: {cache.meta['positions']} supervised positions in {cache.path}")
     return cache
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock on `path` (created) for the duration of the block, across processes."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class PhaseTimer:
@@ -80,8 +100,22 @@ class PhaseTimer:
             self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - start, 2)
 
 
+def finished_result(run: RunConfig) -> dict | None:
+    """The stored result of a finished run of this same config (None: not finished, or another config)."""
+    run_dir = Path(run.run_dir)
+    try:
+        result = json.loads((run_dir / "result.json").read_text())
+        same = (run_dir / "config.yaml").read_text() == dump(run)
+    except (OSError, ValueError):
+        return None
+    return result if same and "wall_s" in result and result.get("steps") == run.train.steps else None
+
+
 def run_distill(run: RunConfig, log=print) -> dict:
     """The distill job (see the module docstring); returns the result (also written to result.json)."""
+    if (stored := finished_result(run)) is not None:
+        log(f"{run.run_dir}: finished before; its result.json is left as it is")
+        return stored
     mesh = make_mesh(run.mesh)
     if run.teacher.targets == "cached" and jax.process_count() > 1:
         raise TrainingError("teacher.targets=cached runs in one process only (the cache is built by one writer); "
@@ -98,9 +132,14 @@ def run_distill(run: RunConfig, log=print) -> dict:
     if jax.process_index() == 0:
         write_json(run_dir / "split.json", ids)
     result, student_data = {"teacher": {**source}}, data
+    reused = result["reused"] = {}
     if run.data.format != "label" and data.rationales is None:
         with timer("traces"):
             student_data, result["traces"] = teacher_traces(run, teacher_dir, tokenizer, data, ids["train"], mesh, log)
+        reused["traces"] = result["traces"]["cached"]
+    if run.teacher.prepare_steps > 0:
+        ready = cache_root(run) / "teachers" / teacher_key(run, teacher_dir, tokenizer_id, ids["teacher"])
+        reused["prepare_teacher"] = (ready / "prepared.json").is_file()
     with timer("prepare_teacher"):
         teacher_config, teacher, done, prepared = prepare_teacher(run, teacher_dir, tokenizer, tokenizer_id,
                                                                   teacher_data, ids["teacher"], template, mesh, log)
@@ -108,6 +147,7 @@ def run_distill(run: RunConfig, log=print) -> dict:
         return {"stopped_at": done, "phase": "teacher"}
     check_vocab(teacher_config, tokenizer)
     result["teacher"]["prepared"] = str(prepared) if prepared else None
+
     if prepared is not None and prepared != teacher_dir and jax.process_index() == 0:
         link = run_dir / "teacher"
         if link.is_symlink() or not link.exists():
@@ -115,10 +155,11 @@ def run_distill(run: RunConfig, log=print) -> dict:
             link.symlink_to(prepared.resolve(), target_is_directory=True)
     evals = {}
     if run.eval is not None:
+        known = cached_evaluation(prepared, run, ids["held_out"], suites_of(run))
+        reused["eval_teacher"] = known is not None and known.is_file()
         with timer("eval_teacher"):
             evals["teacher"] = evaluate_model(run, "teacher", teacher_config, teacher, tokenizer, held_out, log, mesh,
-                                              format="label", cache=cached_evaluation(prepared, run, ids["held_out"],
-                                                                                      suites_of(run)))
+                                              format="label", cache=known)
     examples, counts = encode_dataset(student_data, tokenizer, format=run.data.format, template=template,
                                       max_len=run.data.max_len)
     if not examples:
@@ -128,7 +169,7 @@ def run_distill(run: RunConfig, log=print) -> dict:
     key = jax.random.key(run.seed)
     student_config, params = init_student(run, teacher_config, teacher, mesh, key)
     calibration = calibration_batches(run, examples, mesh) if run.pruning is not None else []
-    if run.eval is not None and run.pruning is not None:
+    if run.eval is not None and run.eval.pruned_only and run.pruning is not None:
         with timer("eval_pruned_only"):
             small = pruned_only(run, student_config, params, calibration)
             evals["pruned_only"] = evaluate_model(run, "pruned_only", *small, tokenizer, held_out, log, mesh,

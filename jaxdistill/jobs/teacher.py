@@ -186,7 +186,8 @@ def teacher_traces(run: RunConfig, teacher_dir: Path, tokenizer, data: Classific
                        "labels": fingerprint(data.labels.tolist()), "prompt": prompt,
                        "sampling": dataclasses.asdict(settings)})
     path = cache_root(run) / "traces" / f"{key}.jsonl"
-    if path.is_file():
+    cached = path.is_file()
+    if cached:
         log(f"traces: from the cache ({path})")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +199,8 @@ def teacher_traces(run: RunConfig, teacher_dir: Path, tokenizer, data: Classific
         del params
     records = load_traces(path)
     with_traces, counts = attach_traces(data, records, policy="keep")
-    quality = {**trace_quality(records, data.label_names, tokenizer), "attach": counts, "path": str(path)}
+    quality = {**trace_quality(records, data.label_names, tokenizer), "attach": counts, "path": str(path),
+               "cached": cached}
     log(f"traces: {quality['n']} rationales, mean {quality['mean_words']:.1f} words, {quality['empty_share']:.0%} "
         f"empty, {quality['names_gold_share']:.0%} name the gold label, {quality['names_other_share']:.0%} another")
     return with_traces, quality

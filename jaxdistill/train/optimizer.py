@@ -55,9 +55,11 @@ def learning_rate_schedule(opt: OptimizerConfig, total_steps: int) -> optax.Sche
     return optax.join_schedules([warmup, decay], [opt.warmup_steps])
 
 
-def make_optimizer(opt: OptimizerConfig, total_steps: int, trainable) -> optax.GradientTransformation:
-    """clip_by_global_norm, then AdamW with the schedule and decay on `trainable`'s matrices."""
+def make_optimizer(opt: OptimizerConfig, total_steps: int, trainable,
+                   schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
+    """clip_by_global_norm, then AdamW with the schedule (default: `learning_rate_schedule`; a
+    population member passes its own) and decay on `trainable`'s matrices."""
     return optax.chain(
         optax.clip_by_global_norm(opt.clip_norm),
-        optax.adamw(learning_rate_schedule(opt, total_steps), b1=opt.b1, b2=opt.b2,
+        optax.adamw(schedule or learning_rate_schedule(opt, total_steps), b1=opt.b1, b2=opt.b2,
                     weight_decay=opt.weight_decay, mask=decay_mask(trainable)))

@@ -158,43 +158,46 @@ def _teacher_inputs(c: StepConfig, teacher: Params, batch) -> dict[str, Any]:
             "teacher_head": jax.lax.stop_gradient(as_module(c.teacher, teacher).head_kernel())}
 
 
-def _loss(trainable, c: StepConfig, state: TrainState, teacher, batch, coefficients):
-    """(loss, metrics) of one micro-batch, differentiable in `trainable`."""
+def _loss(trainable, c: StepConfig, state: TrainState, batch, coefficients, teacher_inputs):
+    """(loss, metrics) of one micro-batch, differentiable in `trainable`; `teacher_inputs`: the
+    fused loss's teacher arguments for these rows (`_teacher_inputs`)."""
     params, lora = (state.params, trainable) if c.trainable == "lora" else (trainable, {})
     weights = student_params(c, params, lora, state.masks)
     h = hidden_states(c.student, weights, batch["tokens"], segment_ids=batch["segment_ids"],
                       hidden_mask=state.masks["hidden"])
     head = as_module(c.student, weights).head_kernel()
     return losses.fused_loss(c.loss.token_loss(), h, head, {k: batch[k] for k in PER_TOKEN}, step=state.step,
-                             chunk_size=c.chunk_size, coefficients=coefficients,
-                             **_teacher_inputs(c, teacher, batch))
+                             chunk_size=c.chunk_size, coefficients=coefficients, **teacher_inputs)
 
 
-def _accumulate(c: StepConfig, state: TrainState, teacher, micro, micro_coefs):
-    """Gradients, loss and metrics summed over the micro-batches (a scan)."""
-    grad_fn = jax.value_and_grad(_loss, has_aux=True)
-    trainable = trainable_of(c, state)
+def student_update(c: StepConfig, state: TrainState, batch, teacher_of, *, coefficients=None, schedule=None,
+                   rows=None):
+    """One student's step (everything but where the teacher's inputs come from): gradients summed
+    over the micro-batches in a scan, clipping and AdamW, re-masking, the first non-finite step.
 
-    def body(carry, xs):
-        (value, metrics), grads = grad_fn(trainable, c, state, teacher, *xs)
-        return jax.tree.map(jnp.add, carry, (grads, value, metrics)), None
-
-    names = [name for name, _ in micro_coefs.metric_terms]
-    zeros = (jax.tree.map(jnp.zeros_like, trainable), jnp.zeros((), jnp.float32),
-             {name: jnp.zeros((), jnp.float32) for name in names})
-    return jax.lax.scan(body, zeros, (micro, micro_coefs))[0]
-
-
-def _step(c: StepConfig, state: TrainState, teacher, batch):
+    teacher_of(micro_batch, micro_rows) -> the micro-batch's teacher inputs: the lone step computes
+    them there; a population (`train.population`) passes `rows` it computed once for every member,
+    split along with the batch. coefficients: the blended loss's (coefs, counts) for the whole batch
+    (default: the config's loss); schedule: the learning-rate schedule (default: the config's)."""
     # Coefficients from the whole batch, so micro-batch losses and gradients add up exactly to the
     # whole batch's (each mean is over all of the batch's supervised tokens, not per micro-batch).
-    coefs, counts = c.loss.token_loss().coefficients({k: batch[k] for k in PER_TOKEN}, state.step)
+    coefs, counts = coefficients or c.loss.token_loss().coefficients({k: batch[k] for k in PER_TOKEN}, state.step)
     # Micro-batch m takes rows m, m + M, m + 2M, ...: every data shard contributes to every
     # micro-batch, so no shard idles and nothing is gathered.
     split = lambda x: jnp.swapaxes(x.reshape(-1, c.micro_batches, *x.shape[1:]), 0, 1)
-    grads, loss, metrics = _accumulate(c, state, teacher, jax.tree.map(split, batch), jax.tree.map(split, coefs))
     trainable = trainable_of(c, state)
-    tx = make_optimizer(c.optimizer, c.total_steps, trainable)  # built at trace time: part of the program
+    grad_fn = jax.value_and_grad(_loss, has_aux=True)
+
+    def body(carry, xs):
+        micro, micro_coefs, micro_rows = xs
+        (value, metrics), grads = grad_fn(trainable, c, state, micro, micro_coefs, teacher_of(micro, micro_rows))
+        return jax.tree.map(jnp.add, carry, (grads, value, metrics)), None
+
+    zeros = (jax.tree.map(jnp.zeros_like, trainable), jnp.zeros((), jnp.float32),
+             {name: jnp.zeros((), jnp.float32) for name, _ in coefs.metric_terms})
+    grads, loss, metrics = jax.lax.scan(body, zeros, jax.tree.map(split, (batch, coefs, rows or {})))[0]
+    schedule = schedule or learning_rate_schedule(c.optimizer, c.total_steps)
+    tx = make_optimizer(c.optimizer, c.total_steps, trainable, schedule)  # built at trace time: in the program
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     new = state.replace(opt_state=opt_state, step=state.step + 1)
@@ -206,8 +209,13 @@ def _step(c: StepConfig, state: TrainState, teacher, batch):
     bad = ~jnp.isfinite(loss) | ~finite
     new = new.replace(first_bad_step=jnp.where((state.first_bad_step < 0) & bad, state.step, state.first_bad_step))
     metrics = {**metrics, **counts, "loss": loss, "grad_norm": optax.tree.norm(grads),
-               "learning_rate": learning_rate_schedule(c.optimizer, c.total_steps)(state.step)}
+               "learning_rate": schedule(state.step)}
     return new, metrics
+
+
+def _step(c: StepConfig, state: TrainState, teacher, batch):
+    """The lone student's step: the teacher's inputs computed per micro-batch, inside the scan."""
+    return student_update(c, state, batch, lambda micro, _: _teacher_inputs(c, teacher, micro))
 
 
 class CompiledStep:

@@ -1,10 +1,13 @@
 """Student-steps per second of a P-member population step vs P sequential single-student steps.
 
     python benchmarks/population_speed.py                      # P=4, d 512 x 8 layers, vocab 8192, batch 4 x 128
+    python benchmarks/population_speed.py --student half       # students half the teacher's width
     python benchmarks/population_speed.py --steps 5 --population 8
 
-Teacher and students share a small SmolLM2-like shape (Llama, d 512, 8 layers, 8 heads / 2 kv
-heads of 64, MLP 1536, vocab 8192, tied embeddings, fp32), random init; the teacher is live, the
+The teacher is a small SmolLM2-like shape (Llama, d 512, 8 layers, 8 heads / 2 kv heads of 64, MLP
+1536, vocab 8192, tied embeddings, fp32), random init; the students have its shape (`--student same`:
+members of a pruning sweep trained masked) or half its width (`--student half`: d 256, 4 / 2 heads,
+MLP 704 — a student smaller than its teacher, the usual distillation setting); the teacher is live, the
 loss the blended CE + KL (`LossConfig()`); each student trains masked (its own random 25% of MLP
 neurons pruned) with its own learning rate. "Sequential" is what a sweep does today: P lone runs,
 one `make_train_step` step each per batch (P teacher forwards); "population" is one
@@ -39,19 +42,12 @@ from jaxdistill.pruning import full_masks, param_count
 from jaxdistill.train import OptimizerConfig, StepConfig, init_state, make_train_step
 from jaxdistill.train.population import init_population, make_population_step
 
+from compaction_speed import batch  # random next-token batches (this directory is on sys.path as a script)
+
 SHAPE = ModelConfig(model_type="llama", vocab_size=8192, hidden_size=512, intermediate_size=1536, num_layers=8,
                     num_heads=8, num_kv_heads=2, head_dim=64, tie_word_embeddings=True, rms_norm_eps=1e-5,
                     rope_theta=100000.0)
-
-
-def batch(rows: int, length: int, vocab: int, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, vocab, (rows, length)).astype(np.int32)
-    labels = np.roll(tokens, -1, 1)
-    labels[:, -1] = -1
-    return {k: jnp.asarray(v) for k, v in {
-        "tokens": tokens, "segment_ids": np.ones_like(tokens), "labels": labels,
-        "weights": (labels >= 0).astype(np.float32), "parts": np.where(labels >= 0, 3, 0).astype(np.int8)}.items()}
+STUDENTS = {"same": SHAPE, "half": SHAPE.replace(hidden_size=256, intermediate_size=704, num_heads=4, num_kv_heads=2)}
 
 
 def member_masks(config: ModelConfig, seed: int):
@@ -74,15 +70,16 @@ def main():
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3, help="timed rounds (median)")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--student", choices=sorted(STUDENTS), default="same", help="the students' shape")
     args = parser.parse_args()
-    P, tokens = args.population, args.batch * args.seq
+    P, tokens, student = args.population, args.batch * args.seq, STUDENTS[args.student]
 
-    c = StepConfig(student=SHAPE, teacher=SHAPE, loss=LossConfig(), teacher_targets="live", total_steps=1000,
+    c = StepConfig(student=student, teacher=SHAPE, loss=LossConfig(), teacher_targets="live", total_steps=1000,
                    optimizer=OptimizerConfig(learning_rate=1e-4, warmup_steps=0), chunk_size=min(1024, tokens))
     learning_rates = [1e-4 * 2 ** k for k in range(P)]
     teacher = init_params(SHAPE, jax.random.key(0))
-    params = [init_params(SHAPE, jax.random.key(1 + k)) for k in range(P)]
-    masks = [member_masks(SHAPE, k) for k in range(P)]
+    params = [init_params(student, jax.random.key(1 + k)) for k in range(P)]
+    masks = [member_masks(student, k) for k in range(P)]
     data = [batch(args.batch, args.seq, SHAPE.vocab_size, seed) for seed in range(2)]
 
     single = make_train_step(c)  # one program for the P lone runs (a learning rate changes no FLOPs)
@@ -107,9 +104,10 @@ def main():
             times["teacher"].append(t_teacher)
     med = {k: statistics.median(v) for k, v in times.items() if v}
     share = med["teacher"] / (med["sequential"] / P)
-    flops = step_flops(SHAPE, SHAPE, tokens, args.seq)
+    flops = step_flops(student, SHAPE, tokens, args.seq)
     result = {
-        "population": P, "batch": [args.batch, args.seq], "params": param_count(SHAPE)["total"],
+        "population": P, "batch": [args.batch, args.seq], "student": args.student,
+        "params": param_count(SHAPE)["total"], "student_params": param_count(student)["total"],
         "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
         "sequential_student_steps_per_s": P / med["sequential"],
         "population_student_steps_per_s": P / med["population"],
@@ -119,7 +117,8 @@ def main():
         "teacher_share_flops": flops["teacher"] / (flops["teacher"] + flops["student"]),
         "expected_speedup": 1 / (1 - share * (P - 1) / P), "compilations": pop_step.compilations,
     }
-    print(f"# {result['device']}, teacher = student shape {param_count(SHAPE)['total'] / 1e6:.1f}M params, "
+    print(f"# {result['device']}, teacher {param_count(SHAPE)['total'] / 1e6:.1f}M params, students ({args.student}) "
+          f"{param_count(student)['total'] / 1e6:.1f}M, "
           f"P={P}, batch {args.batch} x {args.seq}, fp32, median of {args.steps} rounds after {args.warmup} warm-up")
     print(f"sequential ({P} lone steps): {result['sequential_student_steps_per_s']:.3f} student-steps/s "
           f"({result['single_step_s']:.2f} s per step)")

@@ -123,6 +123,8 @@ def train_loop(train_step, state: TrainState, batches, *, steps: int, train: Tra
         for step in range(start, steps):
             fresh = False
             if step in hooks:
+                # the steps dispatched before the stage finish inside this window, not inside the pause
+                jax.block_until_ready(state)
                 with timer.paused():
                     out = hooks[step](state)
                 if isinstance(out, tuple):

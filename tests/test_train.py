@@ -167,6 +167,7 @@ def _run(tmp_path, *overrides):
     return load_config(packaged_config("tiny.yaml"), base + list(overrides))
 
 
+@pytest.mark.slow  # ~40 / ~25 s: the default suite stays under ~10 min on 2 cores
 def test_resume_is_bitwise_identical(tmp_path):
     straight = run_distill(_run(tmp_path / "a"), log=lambda m: None)
     assert straight["steps"] == 10
@@ -181,6 +182,7 @@ def test_resume_is_bitwise_identical(tmp_path):
         run_distill(_run(tmp_path / "b", "optimizer.learning_rate=0.01"), log=lambda m: None)
 
 
+@pytest.mark.slow  # ~40 / ~25 s: the default suite stays under ~10 min on 2 cores
 def test_pruning_in_the_loop_keeps_zeros_and_exports(tmp_path):
     run = _run(tmp_path, "pruning.final_ratio=0.4")
     result = run_distill(run, log=lambda m: None)

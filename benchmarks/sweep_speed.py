@@ -29,9 +29,9 @@ from pathlib import Path
 
 import yaml
 
-SET = {"data.subsample": 600, "teacher.prepare_steps": 60, "train.steps": 30, "train.log_every": 10,
-       "train.checkpoint_every": 30, "pruning.start": 5, "pruning.interval": 8, "pruning.stages": 3,
-       "eval.limit": 60, "eval.suites": ["in_domain"]}
+SET = {"data.subsample": 600, "teacher.prepare_steps": 40, "train.steps": 20, "train.log_every": 10,
+       "train.checkpoint_every": 20, "pruning.start": 4, "pruning.interval": 6, "pruning.stages": 3,
+       "eval.limit": 40, "eval.suites": ["in_domain"]}
 RATIOS, TEMPERATURES = (0.2, 0.35, 0.5), (1.0, 2.0)
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import yaml
 
-SET = {"data.subsample": 600, "teacher.prepare_steps": 40, "train.steps": 20, "train.log_every": 10,
-       "train.checkpoint_every": 20, "pruning.start": 4, "pruning.interval": 6, "pruning.stages": 3,
+SET = {"data.subsample": 400, "teacher.prepare_steps": 30, "train.steps": 12, "train.log_every": 4,
+       "train.checkpoint_every": 12, "pruning.start": 2, "pruning.interval": 3, "pruning.stages": 3,
        "eval.limit": 40, "eval.suites": ["in_domain"]}
 RATIOS, TEMPERATURES = (0.2, 0.35, 0.5), (1.0, 2.0)
 

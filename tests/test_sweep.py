@@ -202,3 +202,11 @@ def test_two_processes_share_one_sweep_directory(tmp_path):
     assert (table["status"] == "done").all()
     log = {p.id: (Path(p.config.run_dir) / "metrics-student.jsonl").read_text().count("\n") for p in sweep.points}
     assert all(n == 2 for n in log.values())  # each point trained once (2 logged steps), by one process
+
+
+@pytest.mark.parametrize("name", ["smollm2_cpu.yaml", "smollm2_gpu.yaml", "qwen3_gpu.yaml"])
+def test_shipped_sweep_configs_load(name):
+    sweep = load_sweep(Path(sweep_module.__file__).resolve().parents[1] / "configs" / "sweeps" / name)
+    formats = {p.config.data.format: p.config.loss.w_kl for p in sweep.points}
+    assert formats == {"label": 1.0, "cot": 0.0, "blended": 1.0}  # cot is CoT-only: no KL
+    assert len({p.id for p in sweep.points}) == len(sweep.points) >= 17

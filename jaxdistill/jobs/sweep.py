@@ -30,6 +30,10 @@ this process and the next; pruning stages compact the student so small points co
 Resume: run the same command again. Finished points (row.json) are skipped, an interrupted point
 resumes from its last checkpoint; a failed point is retried. Every point's config is validated
 before the first one runs.
+
+One module (~490 lines) on purpose: the sweep file, its points, their rows, the shared table and the
+progress view are one contract (a point's id, run dir and row file name each other); its seams, if it
+grows, are the spec (load_sweep, parse_shard) and the table (rows, write_table, progress).
 """
 
 from __future__ import annotations

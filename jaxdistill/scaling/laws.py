@@ -27,6 +27,10 @@ such as the collapse point (the compression ratio where general knowledge falls 
 
 `fit_table` runs all of this over a sweep's results table and returns a JSON-serialisable document
 (schema in its docstring; `report.py` reads it), written with `write_fits`.
+
+One module (~480 lines): the families, the robust fit, the bootstrap and the collapse point share the
+parameter layout (`PARAMS`, the dropped D term) and the draws; `fit_table` is the only consumer of all
+of them. If it grows, the table-level document (`fit_table`, write/load) is the seam to split off.
 """
 
 from __future__ import annotations

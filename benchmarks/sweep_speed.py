@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from jaxdistill.jobs.sweep import override_args
+
 SET = {"data.subsample": 400, "teacher.prepare_steps": 30, "train.steps": 12, "train.log_every": 4,
        "train.checkpoint_every": 12, "pruning.start": 2, "pruning.interval": 3, "pruning.stages": 3,
        "eval.limit": 40, "eval.suites": ["in_domain"]}
@@ -43,10 +45,6 @@ def _cli(*args, cache: Path, cwd: Path) -> float:
     return time.perf_counter() - start
 
 
-def _value(v) -> str:
-    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="Work directory (default: a temporary one).")
@@ -57,14 +55,14 @@ def main() -> None:
     spec = {"name": "bench", "sweep_dir": str(work / "sweep"), "base": "tiny.yaml", "set": SET,
             "grid": {"loss.temperature": list(TEMPERATURES), "pruning.final_ratio": list(RATIOS)}}
     (work / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    common = [f"{k}={_value(v)}" for k, v in SET.items()]
+    common = override_args(SET)
 
     def independent(shared: bool, tag: str) -> float:
         total = 0.0
         for i, point in enumerate(points):
             cache = work / f"cache-{tag}" if shared else work / f"cache-{tag}-{i}"
             total += _cli("distill", str(_tiny()), *common,
-                          *[f"{k}={_value(v)}" for k, v in point.items()], f"run_dir={work / f'{tag}-{i}'}",
+                          *override_args(point), f"run_dir={work / f'{tag}-{i}'}",
                           cache=cache, cwd=work)
         return total
 

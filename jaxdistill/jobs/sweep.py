@@ -127,7 +127,7 @@ def _base_path(value, here: Path) -> Path | None:
     raise SweepError(f"base={value!r}: no such run config (relative to {here}, or packaged in jaxdistill/configs)")
 
 
-def _overrides(values: dict[str, Any]) -> list[str]:
+def override_args(values: dict[str, Any]) -> list[str]:
     """key=value texts that parse back to the same values (YAML: 2e-05 is written 2.0e-05, a float)."""
     def text(value) -> str:
         out = yaml.safe_dump(value, default_flow_style=True, width=1 << 30).strip()
@@ -182,7 +182,7 @@ def load_sweep(path: str | Path, overrides=()) -> Sweep:
     if not combos:
         raise SweepError(f"{path}: the sweep has no points: give grid axes (key: [values]) and/or points")
     try:
-        base_config = load_config(base, [*_overrides(common), *extra], check_paths=False)
+        base_config = load_config(base, [*override_args(common), *extra], check_paths=False)
     except RunConfigError as err:
         raise SweepError(f"{path}: the base config: {err}") from err
     points, seen = [], {}
@@ -191,14 +191,14 @@ def load_sweep(path: str | Path, overrides=()) -> Sweep:
             raise SweepError(f"{path}: point {i} = {combo!r}: expected a mapping of config keys to values")
         values = {**common, **combo}
         try:
-            config = load_config(base, [*_overrides(values), *extra])
+            config = load_config(base, [*override_args(values), *extra])
         except RunConfigError as err:
             raise SweepError(f"point {i} {combo}: {err}") from err
         pid = point_id(config)
         if pid in seen:
             raise SweepError(f"points {seen[pid]} and {i} ({combo}) resolve to the same run config")
         seen[pid] = i
-        config = load_config(base, [*_overrides(values), *extra, f"run_dir={json.dumps(str(sweep_dir / 'points' / pid))}"],
+        config = load_config(base, [*override_args(values), *extra, f"run_dir={json.dumps(str(sweep_dir / 'points' / pid))}"],
                              check_paths=False)
         points.append(Point(pid, combo, config))
     keep = spec.get("keep", ["student"]) or []
@@ -275,17 +275,22 @@ def teacher_flops_saved(config: RunConfig, result: dict) -> float:
     return saved
 
 
+def _axes(point: Point, examples: int = 0) -> dict[str, Any]:
+    """A row's identity and axes (the same for a finished and a failed point)."""
+    c = point.config
+    return {"point": point.id, "D": int(c.data.subsample or examples),
+            "r": 0.0 if c.pruning is None else float(c.pruning.final_ratio), "format": c.data.format,
+            "schedule": schedule_of(c), "method": c.student.trainable, "divergence": c.loss.divergence,
+            "seed": c.seed, "overrides": json.dumps(point.overrides, sort_keys=True)}
+
+
 def row_of(point: Point, result: dict, wall_s: float) -> dict[str, Any]:
     """One results-table row: the point's axes, every metric (student, and the teacher's and the
     pruned-only baseline's under `teacher.` / `pruned_only.`) and every cost."""
     c = point.config
     evals = result.get("eval", {})
-    row = {"point": point.id, "status": "done", "error": None,
-           "D": int(c.data.subsample or result.get("data", {}).get("examples", 0)),
-           "r": 0.0 if c.pruning is None else float(c.pruning.final_ratio),
+    row = {**_axes(point, result.get("data", {}).get("examples", 0)), "status": "done", "error": None,
            "r_actual": float(result.get("compression_ratio", {}).get("total", 0.0)),
-           "format": c.data.format, "schedule": schedule_of(c), "method": c.student.trainable,
-           "divergence": c.loss.divergence, "seed": c.seed, "overrides": json.dumps(point.overrides, sort_keys=True),
            **_suite_columns("", evals.get("student", {})),
            **_suite_columns("teacher.", evals.get("teacher", {})),
            **_suite_columns("pruned_only.", evals.get("pruned_only", {})),
@@ -303,12 +308,7 @@ def row_of(point: Point, result: dict, wall_s: float) -> dict[str, Any]:
 
 
 def failed_row(point: Point, err: BaseException, wall_s: float) -> dict[str, Any]:
-    c = point.config
-    return {"point": point.id, "status": "failed", "error": f"{type(err).__name__}: {err}",
-            "D": int(c.data.subsample or 0), "r": 0.0 if c.pruning is None else float(c.pruning.final_ratio),
-            "format": c.data.format, "schedule": schedule_of(c), "method": c.student.trainable,
-            "divergence": c.loss.divergence, "seed": c.seed, "overrides": json.dumps(point.overrides, sort_keys=True),
-            "wall_s": float(wall_s)}
+    return {**_axes(point), "status": "failed", "error": f"{type(err).__name__}: {err}", "wall_s": float(wall_s)}
 
 
 # ---------------------------------------------------------------------------------------------- table

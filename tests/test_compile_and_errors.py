@@ -74,7 +74,7 @@ def test_misshaped_tensor_names_tensor_and_shape(checkpoints, tmp_path):
 
 @pytest.mark.parametrize("field, value, message", [
     ("num_heads", 6, "not a multiple of num_kv_heads=4"),
-    ("remat_policy", "sometimes", "valid values are none, full"),
+    ("remat_policy", "sometimes", "valid values are auto, none, full"),
     ("rope_scaling", (("rope_type", "yarn"),), "unsupported rope_type 'yarn'"),
     ("rope_scaling", {"rope_type": "llama3", "factor": 8.0}, "needs low_freq_factor, high_freq_factor"),
     ("rope_scaling", {"rope_type": "linear"}, "'linear' needs factor"),

@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdistill.losses.analytic import combine_grads
 from jaxdistill.losses.divergences import Array, LossInputError, check_token_array, check_tokens, check_vocab
 from jaxdistill.losses.sparse import SparseTargets
 from jaxdistill.losses.token_loss import Coefficients, TokenLoss, combine_terms, evaluate, with_weights
@@ -43,6 +44,27 @@ def _chunk_loss(loss: TokenLoss, h, w, rows: dict[str, Any], w_teacher) -> tuple
         teacher = jnp.einsum("nd,dv->nv", h_t, w_teacher.astype(h_t.dtype),
                              preferred_element_type=jnp.float32)
     return combine_terms(loss.terms(logits, teacher, rows["tok"]), rows["coef"])
+
+
+def _chunk_value_and_grads(loss: TokenLoss, h, w, rows: dict[str, Any], w_teacher):
+    """(value, metrics, dh, dw) of one chunk from the loss's hand-written logit gradients
+    (`TokenLoss.terms_and_grads`, see `analytic`), or None where it has none (autodiff then)."""
+    if loss.terms_and_grads is None:
+        return None
+    logits = jnp.einsum("nd,dv->nv", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+    teacher = rows["teacher"].get("targets")
+    if "hidden" in rows["teacher"]:
+        h_t = rows["teacher"]["hidden"]
+        teacher = jnp.einsum("nd,dv->nv", h_t, w_teacher.astype(h_t.dtype), preferred_element_type=jnp.float32)
+    out = loss.terms_and_grads(logits, teacher, rows["tok"])
+    if out is None:
+        return None
+    terms, grads = out
+    value, metrics = combine_terms(terms, rows["coef"])
+    dlogits = combine_grads(grads, rows["coef"].loss).astype(h.dtype)
+    dh = jnp.einsum("nv,dv->nd", dlogits, w.astype(h.dtype), preferred_element_type=jnp.float32)
+    dw = jnp.einsum("nd,nv->dv", h, dlogits, preferred_element_type=jnp.float32)
+    return value, metrics, dh.astype(h.dtype), dw
 
 
 def _zero_metrics(coefs: Coefficients) -> dict[str, Array]:
@@ -60,16 +82,21 @@ def _scan_value(loss: TokenLoss, h_chunks, w, rows, w_teacher) -> tuple[Array, d
     return jax.lax.scan(body, init, (h_chunks, rows))[0]
 
 
-def _scan_value_and_grads(loss: TokenLoss, h_chunks, w, rows, w_teacher):
+def _scan_value_and_grads(loss: TokenLoss, h_chunks, w, rows, w_teacher, hand_written: bool = True):
     """(value, metrics, dvalue/dh_chunks [n_chunks, C, d], dvalue/dw [d, V]), one chunk's
-    gradients at a time (dw accumulated in fp32)."""
+    gradients at a time (dw accumulated in fp32): by hand where the loss has them
+    (`_chunk_value_and_grads`), else by autodiff of `_chunk_loss` (also with hand_written=False)."""
 
     def body(carry, xs):
         value_sum, metric_sum, dw_sum = carry
         h, chunk_rows = xs
-        (value, metrics), vjp = jax.vjp(
-            functools.partial(_chunk_loss, loss, rows=chunk_rows, w_teacher=w_teacher), h, w)
-        dh, dw = vjp((jnp.ones((), jnp.float32), jax.tree.map(jnp.zeros_like, metrics)))
+        analytic = _chunk_value_and_grads(loss, h, w, chunk_rows, w_teacher) if hand_written else None
+        if analytic is not None:
+            value, metrics, dh, dw = analytic
+        else:
+            (value, metrics), vjp = jax.vjp(
+                functools.partial(_chunk_loss, loss, rows=chunk_rows, w_teacher=w_teacher), h, w)
+            dh, dw = vjp((jnp.ones((), jnp.float32), jax.tree.map(jnp.zeros_like, metrics)))
         metric_sum = jax.tree.map(jnp.add, metric_sum, metrics)
         return (value_sum + value, metric_sum, dw_sum + dw.astype(jnp.float32)), dh
 

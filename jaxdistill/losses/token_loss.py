@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jaxdistill.losses.divergences import (Array, LossInputError, check_divergence, check_label_smoothing,
                                            check_token_array, check_tokens, check_vocab,
                                            cross_entropy_per_token, divergence_per_token, to_f32)
+from jaxdistill.losses.analytic import cross_entropy_and_grad, forward_kl_and_grad
 from jaxdistill.losses.sparse import SparseTargets, sparse_kl_per_token
 from jaxdistill.parts import ANSWER, IGNORE, PROMPT, TRACE
 
@@ -65,11 +66,14 @@ class TokenLoss(NamedTuple):
       `SparseTargets` or None; tokens a dict of per-position arrays (labels, weights, parts), always
       with `weights` (`with_weights`).
     coefficients(tokens, step) -> (Coefficients, counts {name: scalar}); must not depend on logits.
+    terms_and_grads(student_logits, teacher, tokens) -> (terms, {k: dterm_k/dlogits}) written by hand
+      (`analytic`), or None where that teacher/divergence has none (autodiff of `terms` is used then).
     """
 
     terms: Callable[..., dict[str, Array]]
     coefficients: Callable[[dict[str, Array], Any], tuple[Coefficients, dict[str, Array]]]
     uses_teacher: bool
+    terms_and_grads: Callable[..., tuple[dict[str, Array], dict[str, Array]] | None] | None = None
 
 
 def with_weights(tokens: dict[str, Array | None], shape: tuple[int, ...]) -> dict[str, Array]:
@@ -130,6 +134,13 @@ class DivergenceLoss:
         return {"div": divergence_per_token(student_logits, teacher, divergence=self.divergence,
                                             temperature=self.temperature, beta=self.beta, alpha=self.alpha)}
 
+    def terms_and_grads(self, student_logits, teacher, tokens):
+        """Forward KL against dense teacher logits, by hand (`analytic`); None otherwise."""
+        if self.divergence != "forward_kl" or isinstance(teacher, SparseTargets):
+            return None
+        term, grad = forward_kl_and_grad(student_logits, teacher, self.temperature)
+        return {"div": term}, {"div": grad}
+
     def coefficients(self, tokens, step) -> tuple[Coefficients, dict[str, Array]]:
         coef, total = _mean_coef(tokens["weights"])
         scale = self.temperature ** 2 if self.scale_by_t2 else 1.0
@@ -137,7 +148,7 @@ class DivergenceLoss:
                 {"tokens": total})
 
     def token_loss(self) -> TokenLoss:
-        return TokenLoss(self.terms, self.coefficients, self.uses_teacher)
+        return TokenLoss(self.terms, self.coefficients, self.uses_teacher, self.terms_and_grads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,13 +170,17 @@ class CrossEntropyLoss:
         return {"ce": cross_entropy_per_token(student_logits, tokens["labels"],
                                               label_smoothing=self.label_smoothing)}
 
+    def terms_and_grads(self, student_logits, teacher, tokens):
+        term, grad = cross_entropy_and_grad(student_logits, tokens["labels"], self.label_smoothing)
+        return {"ce": term}, {"ce": grad}
+
     def coefficients(self, tokens, step) -> tuple[Coefficients, dict[str, Array]]:
         coef, total = _mean_coef(tokens["weights"] * (tokens["labels"] >= 0))
         coefs = Coefficients({"ce": coef}, {"cross_entropy": coef}, (("cross_entropy", "ce"),))
         return coefs, {"tokens": total}
 
     def token_loss(self) -> TokenLoss:
-        return TokenLoss(self.terms, self.coefficients, self.uses_teacher)
+        return TokenLoss(self.terms, self.coefficients, self.uses_teacher, self.terms_and_grads)
 
 
 def divergence_loss(divergence: str = "forward_kl", *, temperature: float = 1.0, beta: float = 0.5,
@@ -251,6 +266,16 @@ class BlendedCoT:
             out.update(self.divergence_part().terms(student_logits, teacher, tokens))
         return out
 
+    def terms_and_grads(self, student_logits, teacher, tokens):
+        """CE and (w_kl > 0) forward KL against dense teacher logits by hand; None otherwise."""
+        terms, grads = CrossEntropyLoss(self.label_smoothing).terms_and_grads(student_logits, teacher, tokens)
+        if self.w_kl > 0:
+            div = self.divergence_part().terms_and_grads(student_logits, teacher, tokens)
+            if div is None:
+                return None
+            terms, grads = {**terms, **div[0]}, {**grads, **div[1]}
+        return terms, grads
+
     def coefficients(self, tokens, step) -> tuple[Coefficients, dict[str, Array]]:
         parts = jnp.where(tokens["labels"] >= 0, tokens["parts"], IGNORE)
         answer, n_answer = _mean_coef(parts == ANSWER)
@@ -270,7 +295,8 @@ class BlendedCoT:
         return Coefficients(loss, metrics, metric_terms), counts
 
     def token_loss(self) -> TokenLoss:
-        return TokenLoss(self.terms, self.coefficients, uses_teacher=self.w_kl > 0)
+        return TokenLoss(self.terms, self.coefficients, uses_teacher=self.w_kl > 0,
+                         terms_and_grads=self.terms_and_grads)
 
 
 @dataclasses.dataclass(frozen=True)

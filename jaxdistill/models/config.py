@@ -21,7 +21,7 @@ import jax.numpy as jnp
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 _ROPE_REQUIRED = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor")}
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = ("auto", "none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = (None, "xla", "cudnn")
 PARAM_DTYPES = ("float32", "bfloat16", "float16")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -74,8 +74,9 @@ class ModelConfig:
     # norms, RoPE, attention softmax and logits are always fp32.
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
-    # remat policy for the scanned layer body: none | full | dots | dots_no_batch.
-    remat_policy: str = "none"
+    # remat policy for the scanned layer body: auto | none | full | dots | dots_no_batch; auto picks
+    # per backend and size when the step is traced (`remat_for`).
+    remat_policy: str = "auto"
     # None lets XLA pick; "cudnn" asks for the fused cuDNN kernel on GPUs.
     attention_impl: str | None = None
     # Token ids carried through to exported config.json; no effect on the forward pass.
@@ -259,3 +260,29 @@ class ModelConfig:
         hf = AutoConfig.for_model(self.model_type, **kwargs).to_dict()
         hf["torch_dtype" if "torch_dtype" in hf else "dtype"] = self.param_dtype
         return hf
+
+
+def saved_activation_bytes(config: ModelConfig, tokens: float) -> float:
+    """Bytes the layer scan saves for the backward pass without remat (about: the block's inputs,
+    norms, q/k/v, attention output, the MLP's gate/up/activation, per layer), for `tokens` tokens."""
+    c = config
+    per_token = (4 * c.hidden_size + (c.num_heads + 2 * c.num_kv_heads) * c.head_dim + c.num_heads * c.head_dim
+                 + 3 * c.intermediate_size)
+    itemsize = 2 if c.compute_dtype == "bfloat16" else 4
+    return float(per_token * itemsize * c.num_layers * tokens)
+
+
+def remat_for(config: ModelConfig, tokens: int) -> str:
+    """The remat policy a step on `tokens` tokens (global) uses. An explicit policy is kept; `auto` is
+    `full` on CPU — recomputing the forward beats storing and re-reading the saved residuals there
+    (benchmarks/RESULTS.md, 2026-11-30) — and on accelerators `none` while the saved activations take
+    under 30% of a device's memory, else `full`."""
+    if config.remat_policy != "auto":
+        return config.remat_policy
+    import jax
+
+    if jax.default_backend() == "cpu":
+        return "full"
+    limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    per_device = saved_activation_bytes(config, tokens / jax.device_count())
+    return "none" if limit is None or per_device < 0.3 * limit else "full"

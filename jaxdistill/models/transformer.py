@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdistill.models.config import ModelConfig
+from jaxdistill.models.config import ModelConfig, remat_for
 from jaxdistill.models.sharding import activation_sharding, tree_shardings
 
 Params = dict[str, Any]
@@ -85,9 +85,14 @@ class Projection(nnx.Module):
         self.n_in = len(in_shape)
 
     def __call__(self, x):
+        # As one 2-D matmul [tokens, in] @ [in, out] (free reshapes of row-major arrays): its weight
+        # gradient is then x^T dy over a single contracted axis, which XLA runs as a plain GEMM
+        # instead of transposing copies of the activations first.
         kernel = self.kernel[...].astype(x.dtype)
-        contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
-        y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
+        lead, in_shape, out_shape = x.shape[:x.ndim - self.n_in], kernel.shape[:self.n_in], kernel.shape[self.n_in:]
+        y = jnp.dot(x.reshape(math.prod(lead), math.prod(in_shape)),
+                    kernel.reshape(math.prod(in_shape), math.prod(out_shape)))
+        y = y.reshape(*lead, *out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         return y
@@ -237,8 +242,9 @@ class Transformer(nnx.Module):
             h = nnx.merge(block_def, layer_state)(h, cos, sin, mask, hidden_mask, observe)
             return _constrain_batch(h, mesh), summaries
 
-        if c.remat_policy != "none":
-            body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat_policy], prevent_cse=False)
+        policy = remat_for(c, tokens.size)
+        if policy != "none":
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[policy], prevent_cse=False)
         x, summaries = jax.lax.scan(body, x, block_state)
         out = self.final_norm(x, hidden_mask)
         return out if layer_probe is None else (out, summaries)

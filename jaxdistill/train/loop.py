@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Union
 
 import jax
+import jax.numpy as jnp
 from tqdm import tqdm
 
 from jaxdistill.train.checkpoints import Checkpoints, abstract_like
@@ -99,8 +100,17 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+@jax.jit
+def _weights_finite(state: TrainState):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((state.params, state.lora))]))
+
+
 def check_finite(state: TrainState, checkpoints: Checkpoints, name: str) -> None:
+    """Stop (naming the step) when the step flagged a non-finite loss or gradient, or the weights are
+    not finite (an update that overflowed: checked here, at logging and checkpoint steps only)."""
     bad = int(jax.device_get(state.first_bad_step))
+    if bad < 0 and not bool(jax.device_get(_weights_finite(state))):
+        bad = int(jax.device_get(state.step)) - 1
     if bad >= 0:
         raise TrainingError(f"{name}: the loss or the weights became non-finite at step {bad}; stopped. "
                             f"The last good checkpoint is step {checkpoints.latest_step()} in "

@@ -25,17 +25,19 @@ class OptimizerConfig:
     warmup_steps: int = 10
     decay: str = "cosine"              # cosine | linear | constant
     weight_decay: float = 0.01
-    clip_norm: float = 1.0
+    clip_norm: float | None = 1.0      # global-norm clipping threshold; None: no clipping
     b1: float = 0.9
     b2: float = 0.95
 
     def __post_init__(self):
         if self.decay not in DECAYS:
             raise TrainingError(f"optimizer.decay={self.decay!r}; valid: {', '.join(DECAYS)}")
-        if not self.learning_rate > 0 or self.warmup_steps < 0 or self.weight_decay < 0 or not self.clip_norm > 0:
+        if not self.learning_rate > 0 or self.warmup_steps < 0 or self.weight_decay < 0 or not (
+                self.clip_norm is None or self.clip_norm > 0):
             raise TrainingError(
                 f"optimizer.learning_rate={self.learning_rate} (> 0), warmup_steps={self.warmup_steps} (>= 0), "
-                f"weight_decay={self.weight_decay} (>= 0), clip_norm={self.clip_norm} (> 0): out of range")
+                f"weight_decay={self.weight_decay} (>= 0), clip_norm={self.clip_norm} (> 0, or null: no clipping): "
+                "out of range")
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
             raise TrainingError(f"optimizer.b1={self.b1}, b2={self.b2}: both must be in [0, 1)")
 
@@ -57,9 +59,10 @@ def learning_rate_schedule(opt: OptimizerConfig, total_steps: int) -> optax.Sche
 
 def make_optimizer(opt: OptimizerConfig, total_steps: int, trainable,
                    schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
-    """clip_by_global_norm, then AdamW with the schedule (default: `learning_rate_schedule`; a
-    population member passes its own) and decay on `trainable`'s matrices."""
+    """clip_by_global_norm (identity when clip_norm is None: same state layout, no norm computed),
+    then AdamW with the schedule (default: `learning_rate_schedule`; a population member passes its
+    own) and decay on `trainable`'s matrices."""
     return optax.chain(
-        optax.clip_by_global_norm(opt.clip_norm),
+        optax.identity() if opt.clip_norm is None else optax.clip_by_global_norm(opt.clip_norm),
         optax.adamw(schedule or learning_rate_schedule(opt, total_steps), b1=opt.b1, b2=opt.b2,
                     weight_decay=opt.weight_decay, mask=decay_mask(trainable)))

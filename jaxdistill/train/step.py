@@ -70,6 +70,8 @@ class StepConfig:
     lora: LoraConfig = LoraConfig()
     micro_batches: int = 1
     chunk_size: int = 1024
+    capacity: int | None = None  # supervised positions per micro-batch reaching the head (None: all)
+    masked: bool = True          # multiply by the pruning masks (False: a run that never holds partial masks)
 
     def __post_init__(self):
         if self.teacher_targets not in TEACHER_TARGETS:
@@ -84,6 +86,8 @@ class StepConfig:
             raise TrainingError(
                 f"vocab sizes differ: teacher {self.teacher.vocab_size}, student {self.student.vocab_size} "
                 "— teacher and student must share a tokenizer")
+        if self.capacity is not None and self.capacity < 1:
+            raise TrainingError(f"capacity={self.capacity}: must be >= 1, or None (every position)")
         if self.micro_batches < 1 or self.total_steps < 1:
             raise TrainingError(f"micro_batches={self.micro_batches}, total_steps={self.total_steps}: "
                                 "both must be >= 1")
@@ -127,10 +131,11 @@ def init_state(c: StepConfig, params: Params, key, *, masks=None) -> TrainState:
 
 
 def student_params(c: StepConfig, params: Params, lora: Params, masks) -> Params:
-    """The weights the student's forward uses: adapters merged, pruned structures zeroed."""
+    """The weights the student's forward uses: adapters merged, pruned structures zeroed (unless the
+    config says the masks are all ones: `masked=False`)."""
     if lora:
         params = merge(c.student, params, lora, alpha=c.lora.alpha)
-    return apply_masks(c.student, params, masks)
+    return apply_masks(c.student, params, masks) if c.masked else params
 
 
 def state_shardings(c: StepConfig, state: TrainState, mesh) -> TrainState:
@@ -164,10 +169,11 @@ def _loss(trainable, c: StepConfig, state: TrainState, batch, coefficients, teac
     params, lora = (state.params, trainable) if c.trainable == "lora" else (trainable, {})
     weights = student_params(c, params, lora, state.masks)
     h = hidden_states(c.student, weights, batch["tokens"], segment_ids=batch["segment_ids"],
-                      hidden_mask=state.masks["hidden"])
+                      hidden_mask=state.masks["hidden"] if c.masked else None)
     head = as_module(c.student, weights).head_kernel()
     return losses.fused_loss(c.loss.token_loss(), h, head, {k: batch[k] for k in PER_TOKEN}, step=state.step,
-                             chunk_size=c.chunk_size, coefficients=coefficients, **teacher_inputs)
+                             chunk_size=c.chunk_size, coefficients=coefficients, capacity=c.capacity,
+                             **teacher_inputs)
 
 
 def student_update(c: StepConfig, state: TrainState, batch, teacher_of, *, coefficients=None, schedule=None,
@@ -194,9 +200,11 @@ def student_update(c: StepConfig, state: TrainState, batch, teacher_of, *, coeff
         return jax.tree.map(jnp.add, carry, (grads, value, metrics)), None
 
     zeros = (jax.tree.map(jnp.zeros_like, trainable), jnp.zeros((), jnp.float32),
-             {name: jnp.zeros((), jnp.float32) for name, _ in coefs.metric_terms})
+             {name: jnp.zeros((), jnp.float32) for name in
+              [m for m, _ in coefs.metric_terms] + (["dropped_tokens"] if c.capacity is not None else [])})
     grads, loss, metrics = jax.lax.scan(body, zeros, jax.tree.map(split, (batch, coefs, rows or {})))[0]
     schedule = schedule or learning_rate_schedule(c.optimizer, c.total_steps)
+    grad_norm = optax.tree.norm(grads)  # one pass: the metric, clipping's norm (CSE'd) and finiteness
     tx = make_optimizer(c.optimizer, c.total_steps, trainable, schedule)  # built at trace time: in the program
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
@@ -204,12 +212,12 @@ def student_update(c: StepConfig, state: TrainState, batch, teacher_of, *, coeff
     if c.trainable == "lora":
         new = new.replace(lora=trainable)
     else:
-        new = new.replace(params=apply_masks(c.student, trainable, state.masks))
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trainable)]))
-    bad = ~jnp.isfinite(loss) | ~finite
+        new = new.replace(params=apply_masks(c.student, trainable, state.masks) if c.masked else trainable)
+    # Finite loss and gradients give finite weights unless the update itself overflows; the loop
+    # checks the weights too before every checkpoint (`loop.check_finite`), outside the step.
+    bad = ~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm)
     new = new.replace(first_bad_step=jnp.where((state.first_bad_step < 0) & bad, state.step, state.first_bad_step))
-    metrics = {**metrics, **counts, "loss": loss, "grad_norm": optax.tree.norm(grads),
-               "learning_rate": schedule(state.step)}
+    metrics = {**metrics, **counts, "loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step)}
     return new, metrics
 
 

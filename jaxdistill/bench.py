@@ -1,5 +1,6 @@
-"""Benchmarks (`jaxdistill bench CONFIG`): forward throughput (tokens/s, MFU) and the loss memory
-benchmark (compiled temporary memory and time, unfused vs chunked). FLOPs and peaks: `jaxdistill.perf`."""
+"""Benchmarks (`jaxdistill bench CONFIG`): forward throughput (tokens/s, MFU), the loss memory
+benchmark (compiled temporary memory and time, unfused vs chunked) and the distillation step
+(`jaxdistill.bench_step`). FLOPs and peaks: `jaxdistill.perf`."""
 
 from __future__ import annotations
 
@@ -162,7 +163,19 @@ def bench_loss_memory(vocab_sizes=(32768, 151936), token_counts=(4096, 16384), h
             "backend": jax.devices()[0].platform, "jax_version": jax.__version__, "rows": rows}
 
 
-BENCHMARKS = {"forward": bench_forward, "loss_memory": bench_loss_memory}
+def _bench_step(**kwargs):
+    from jaxdistill.bench_step import bench_step  # imports the train step: only when asked for
+
+    return bench_step(**kwargs)
+
+
+def _step_signature():
+    from jaxdistill.bench_step import bench_step
+
+    return inspect.signature(bench_step).parameters
+
+
+BENCHMARKS = {"forward": bench_forward, "loss_memory": bench_loss_memory, "step": _bench_step}
 
 
 def check_spec(spec: dict[str, Any]):
@@ -172,7 +185,7 @@ def check_spec(spec: dict[str, Any]):
     name = spec.pop("benchmark", "forward")
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)}")
-    valid = inspect.signature(BENCHMARKS[name]).parameters
+    valid = _step_signature() if name == "step" else inspect.signature(BENCHMARKS[name]).parameters
     unknown = sorted(set(spec) - set(valid))
     if unknown:
         raise ValueError(f"{name} benchmark: unknown option(s) {', '.join(unknown)}; valid: "

@@ -77,3 +77,73 @@ def step_flops(student: ModelConfig, teacher: ModelConfig | None, tokens: int, s
     """FLOPs of one distillation step: student forward+backward (x3), a live teacher's forward (x1)."""
     teacher_flops = 0.0 if teacher is None else forward_flops_per_token(teacher, seq_len) * tokens
     return {"student": float(3 * forward_flops_per_token(student, seq_len) * tokens), "teacher": float(teacher_flops)}
+
+
+def step_matmuls(config: ModelConfig, batch: int, seq: int, *, backward: bool) -> list[tuple[tuple, float]]:
+    """[((kind, batch dims, M, K, N), FLOPs in the step)] of one model's matmuls on [batch, seq]
+    tokens: the forward products and, with `backward`, the two backward products of each
+    (dX = dY W^T: (M, N, K) contracting W's last axis; dW = X^T dY: (K, M, N) contracting the
+    tokens). Attention's QK^T and AV are batched over batch x heads; their FLOPs are halved (causal)
+    as in `forward_flops_per_token`."""
+    c, n = config, batch * seq
+    d, H, K, D, F, V, L = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size,
+                           c.vocab_size, c.num_layers)
+    dense = [((n, d, H * D), L), ((n, d, K * D), 2 * L), ((n, H * D, d), L), ((n, d, F), 2 * L),
+             ((n, F, d), L), ((n, d, V), 1)]
+    out = []
+    for (m, k, nn), count in dense:
+        flops = 2.0 * m * k * nn * count
+        out.append((("fwd", 1, m, k, nn), flops))
+        if backward:
+            out += [(("dx", 1, m, nn, k), flops), (("dw", 1, k, m, nn), flops)]
+    bh = batch * H
+    for shape in ((seq, D, seq), (seq, seq, D)):  # QK^T, AV
+        flops = 2.0 * bh * seq * seq * D * L / 2
+        out.append((("fwd", bh, *shape), flops))
+        if backward:
+            out += [(("fwd", bh, *shape), 2 * flops)]  # both backward products are batched matmuls of these sizes
+    return out
+
+
+def _timed_matmul(kind: str, b: int, m: int, k: int, n: int, dtype, repeats: int) -> float:
+    """Best FLOP/s of one matmul in the layout the step uses (see `step_matmuls`)."""
+    if kind == "fwd":
+        shapes, dims = ((b, m, k), (b, k, n)), (((2,), (1,)), ((0,), (0,)))
+    elif kind == "dx":  # dY [m, k'] . W [n, k'] over k' (W used transposed)
+        shapes, dims = ((b, m, k), (b, n, k)), (((2,), (2,)), ((0,), (0,)))
+    else:  # dw: X [k', m] . dY [k', n] over the token axis
+        shapes, dims = ((b, k, m), (b, k, n)), (((1,), (1,)), ((0,), (0,)))
+    x, y = (jnp.ones(s, dtype) for s in shapes)
+    f = jax.jit(lambda x, y: jax.lax.dot_general(x, y, dims))
+    f(x, y).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(x, y).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * b * m * k * n / best
+
+
+def matmul_ceiling(weighted: list[tuple[tuple, float]], dtype=jnp.float32, repeats: int = 5) -> float:
+    """The workload-weighted matmul ceiling: sum FLOPs / sum (FLOPs / best rate of that shape), i.e.
+    the FLOP/s of running every matmul of the step back to back at its own best speed."""
+    rates = {}
+    total, seconds = 0.0, 0.0
+    for shape, flops in weighted:
+        if shape not in rates:
+            rates[shape] = _timed_matmul(*shape, dtype=dtype, repeats=repeats)
+        total += flops
+        seconds += flops / rates[shape]
+    return total / seconds
+
+
+def step_peak(student: ModelConfig, teacher: ModelConfig | None, batch: int, seq: int) -> tuple[float, str]:
+    """(peak FLOP/s, how) for a distillation step: on CPU the matmul ceiling at the step's own shapes
+    (student forward and both backward products, the teacher's forward), weighted by their FLOPs,
+    measured now; elsewhere the datasheet peak (`peak_flops`)."""
+    if jax.devices()[0].platform != "cpu":
+        return peak_flops(student, batch * seq)
+    weighted = step_matmuls(student, batch, seq, backward=True)
+    if teacher is not None:
+        weighted += step_matmuls(teacher, batch, seq, backward=False)
+    return matmul_ceiling(weighted), "measured fp32 matmul ceiling, step-weighted (forward + both backward products)"

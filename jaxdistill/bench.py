@@ -170,9 +170,9 @@ def _bench_step(**kwargs):
 
 
 def _step_signature():
-    from jaxdistill.bench_step import bench_step
+    from jaxdistill.bench_step import _bench_step
 
-    return inspect.signature(bench_step).parameters
+    return inspect.signature(_bench_step).parameters
 
 
 BENCHMARKS = {"forward": bench_forward, "loss_memory": bench_loss_memory, "step": _bench_step}

@@ -9,9 +9,10 @@ warmed up and timed step by step.
                     counts the supervised tokens
 
 Reported: step time (median, p10, p90 over the timed steps), tokens/s, compile time (lower + compile,
-and the first step's wall time from the start of compilation), FLOPs per step (student x3, live
+the first step's wall time from the start of compilation, and from the start of the process), FLOPs per step (student x3, live
 teacher x1; `perf.step_flops`), MFU against `perf.step_peak` (on CPU the step's own matmul ceiling
-measured in this process), XLA's temporary bytes for the compiled step. `memory_only: true` compiles
+measured in this process), XLA's temporary bytes for the compiled step, and on accelerators the
+allocator's peak. `attention: cudnn` asks for the fused attention kernel. `memory_only: true` compiles
 for abstract inputs and reports memory only (shapes that would not fit this host, e.g. Qwen3-4B).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -52,14 +54,16 @@ RATIONALES = "finance_topic/rationales-smollm2-320.jsonl"
 DATA = ("random", "finance")
 
 
-def model_config(model, *, dtype: str | None, remat: str | None) -> ModelConfig:
+def model_config(model, *, dtype: str | None, remat: str | None, attention: str | None = None) -> ModelConfig:
     from jaxdistill.bench import resolve_model  # the forward presets (qwen3-0.6b, ...), dicts, HF dirs
 
     config = STEP_PRESETS[model] if isinstance(model, str) and model in STEP_PRESETS else resolve_model(model)
-    if dtype is not None:
+    if dtype is not None:  # mixed precision: fp32 master weights, `dtype` matmuls
         config = config.replace(param_dtype="float32", compute_dtype=dtype)
     if remat is not None:
         config = config.replace(remat_policy=remat)
+    if attention is not None:
+        config = config.replace(attention_impl=attention)
     return config
 
 
@@ -87,8 +91,9 @@ def _batches(data: str, n: int, *, batch: int, seq: int, vocab: int, format: str
         out = []
         for _ in range(n):
             tokens = rng.integers(0, vocab, (batch, seq), dtype=np.int32)
-            out.append({"tokens": tokens, "segment_ids": np.ones((batch, seq), np.int32),
-                        "labels": np.roll(tokens, -1, axis=1), "weights": np.ones((batch, seq), np.float32),
+            # one sequence per row: no segment ids, so attention needs only the causal mask (what a
+            # fused kernel such as cuDNN's takes without a dense [B, 1, T, T] mask)
+            out.append({"tokens": tokens, "labels": np.roll(tokens, -1, axis=1), "weights": np.ones((batch, seq), np.float32),
                         "parts": np.full((batch, seq), 3, np.int8)})
         return out
     from jaxdistill.data.batching import BatchIterator
@@ -119,14 +124,32 @@ def _compilation_cache(path):
         return
     from jaxdistill.jobs.sweep import compilation_cache
 
-    with compilation_cache(Path(path)):
+    with compilation_cache(Path(path), min_compile_s=0.0):  # the models' init functions too
         yield
 
 
-def bench_step(teacher: Any = "cpu-small-teacher", student: Any = "cpu-small-student", batch: int = 8,
+def bench_step(**kwargs) -> dict[str, Any]:
+    """Time the real distillation step (see `_bench_step` for the options). With `compilation_cache`,
+    JAX's persistent compilation cache covers everything compiled from the models' random init to
+    the first step (what a second process with the same shapes loads instead of compiling)."""
+    with _compilation_cache(kwargs.get("compilation_cache")):
+        return _bench_step(**kwargs)
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _bench_step(teacher: Any = "cpu-small-teacher", student: Any = "cpu-small-student", batch: int = 8,
                seq: int = 128, data: str = "random", format: str = "blended", max_len: int = 128,
                loss: dict | None = None, optimizer: dict | None = None, remat: str | None = None,
-               targets: str = "live", capacity: int | str | None = None, dtype: str | None = None, steps: int = 10, warmup: int = 2,
+               targets: str = "live", capacity: int | str | None = None, attention: str | None = None, dtype: str | None = None, steps: int = 10, warmup: int = 2,
                peak_tflops: float | None = None, compilation_cache: str | None = None,
                memory_only: bool = False, seed: int = 0) -> dict[str, Any]:
     """Time the real distillation step (live teacher, AdamW) on random weights; one flat result dict."""
@@ -134,8 +157,10 @@ def bench_step(teacher: Any = "cpu-small-teacher", student: Any = "cpu-small-stu
         raise ValueError(f"data={data!r}; valid: {', '.join(DATA)}")
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps={steps} (>= 1), warmup={warmup} (>= 0): out of range")
-    t_config = model_config(teacher, dtype=dtype, remat=None)
-    s_config = model_config(student, dtype=dtype, remat=remat)
+    t_config = model_config(teacher, dtype=dtype, remat=None, attention=attention)
+    if dtype is not None:  # the teacher is frozen: no master copy, its weights are stored in `dtype`
+        t_config = t_config.replace(param_dtype=dtype)
+    s_config = model_config(student, dtype=dtype, remat=remat, attention=attention)
     loss_config = LossConfig(**(loss or {"kind": "divergence", "divergence": "forward_kl", "temperature": 2.0}))
     opt = OptimizerConfig(**{"clip_norm": None, "weight_decay": 0.01, "warmup_steps": 0, "learning_rate": 1e-4,
                              **(optimizer or {})})
@@ -162,7 +187,7 @@ def bench_step(teacher: Any = "cpu-small-teacher", student: Any = "cpu-small-stu
         "benchmark": "step", "data": data, "format": format if data == "finance" else None,
         "backend": device.platform, "device_kind": device.device_kind, "device_count": jax.device_count(),
         "batch": batch, "seq": seq, "tokens_per_step": tokens, "compute_dtype": s_config.compute_dtype,
-        "remat": remat_for(s_config, tokens), "chunk_size": c.chunk_size, "capacity": capacity,
+        "remat": remat_for(s_config, tokens, seq), "chunk_size": c.chunk_size, "capacity": capacity,
         "targets": targets, "flops_per_step": step_flops(s_config, t_config if c.live_teacher else None, tokens, seq),
         "jax_version": jax.__version__}
     step = make_train_step(c)
@@ -170,25 +195,25 @@ def bench_step(teacher: Any = "cpu-small-teacher", student: Any = "cpu-small-stu
         t_params = abstract_params(t_config)
         state = jax.eval_shape(lambda p: init_state(c, p, key), abstract_params(s_config))
         shape = lambda dt: jax.ShapeDtypeStruct((batch, seq), dt)
-        host = {"tokens": shape(jnp.int32), "segment_ids": shape(jnp.int32), "labels": shape(jnp.int32),
+        host = {"tokens": shape(jnp.int32), "labels": shape(jnp.int32),
                 "weights": shape(jnp.float32), "parts": shape(jnp.int8)}
-        with _compilation_cache(compilation_cache):
-            compiled = step._jitted.lower(state, t_params, host).compile()
+        t0 = time.perf_counter()
+        compiled = step._jitted.lower(state, t_params, host).compile()
         memory = compiled.memory_analysis()
-        return {**result, "temp_bytes": int(memory.temp_size_in_bytes),
+        return {**result, "compile_s": time.perf_counter() - t0, "temp_bytes": int(memory.temp_size_in_bytes),
                 "argument_bytes": int(memory.argument_size_in_bytes),
-                "output_bytes": int(memory.output_size_in_bytes)}
+                "output_bytes": int(memory.output_size_in_bytes), "alias_bytes": int(memory.alias_size_in_bytes)}
     state = init_state(c, init_params(s_config, jax.random.fold_in(key, 2)), key)
     t_params = t_params if c.live_teacher else {}
     batches = [jax.device_put(b) for b in host]
     jax.block_until_ready((state, t_params, batches))
-    with _compilation_cache(compilation_cache):
-        t0 = time.perf_counter()
-        compiled = step._jitted.lower(state, t_params, batches[0]).compile()
-        compile_s = time.perf_counter() - t0
-        state, metrics = compiled(state, t_params, batches[0])
-        jax.block_until_ready(state)
-        first_step_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = step._jitted.lower(state, t_params, batches[0]).compile()
+    compile_s = time.perf_counter() - t0
+    state, metrics = compiled(state, t_params, batches[0])
+    jax.block_until_ready(state)
+    first_step_s = time.perf_counter() - t0
+    since_start = process_age_s()
     times = []
     for i in range(1, steps + warmup + 1):
         t = time.perf_counter()
@@ -209,10 +234,12 @@ def bench_step(teacher: Any = "cpu-small-teacher", student: Any = "cpu-small-stu
             "step_ms_p90": 1e3 * float(np.percentile(times, 90)), "steps_timed": len(times),
             "tokens_per_s": tokens / median, "useful_tokens_per_step": supervised,
             "useful_tokens_per_s": supervised / median, "compile_s": compile_s, "first_step_s": first_step_s,
+            "process_to_first_step_s": since_start,
             "mfu": flops / median / peak, "peak_flops": peak, "peak_source": peak_source,
             "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes), "last_loss": loss,
             "dropped_tokens": float(jax.device_get(metrics.get("dropped_tokens", 0.0))),
             "peak_bytes_in_use": (device.memory_stats() or {}).get("peak_bytes_in_use"),
+            "bytes_limit": (device.memory_stats() or {}).get("bytes_limit"),
             "compilations": step.compilations}
 
 

@@ -259,8 +259,12 @@ def bench(config_file, as_json, overrides):
     key=value overrides merge into it (model.hidden_size=64 keeps the rest of model:)."""
     try:
         spec = yaml.safe_load(config_file.read_text()) or {}
-        if isinstance(spec.get("model"), str) and spec["model"] in PRESETS and any(t.startswith("model.") for t in overrides):
-            spec["model"] = dataclasses.asdict(PRESETS[spec["model"]])  # a preset's fields, to override one
+        from jaxdistill.bench_step import STEP_PRESETS
+
+        for field in ("model", "teacher", "student"):  # a preset's fields, to override one of them
+            preset = {**PRESETS, **STEP_PRESETS}.get(spec.get(field)) if isinstance(spec.get(field), str) else None
+            if preset is not None and any(t.startswith(f"{field}.") for t in overrides):
+                spec[field] = dataclasses.asdict(preset)
         for text in overrides:
             spec = merge(spec, parse_override(text))
         check_spec(spec)

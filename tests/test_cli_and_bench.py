@@ -115,7 +115,8 @@ def test_shipped_configs_validate():
     tiny = load_config(run_configs[1])
     assert tiny.teacher.path is None and tiny.data.format == "label" and tiny.eval.suites is None
     bench_specs = sorted(packaged_config("bench").glob("*.yaml"))
-    assert len(bench_specs) == 3
+    assert [p.stem for p in bench_specs] == ["cpu_small", "cpu_task", "forward_cpu", "forward_qwen3_0.6b",
+                                             "gpu_qwen3_0.6b", "gpu_qwen3_1.7b", "loss_memory"]
     for path in bench_specs:
         check_spec(yaml.safe_load(path.read_text()))
 

@@ -176,7 +176,8 @@ def run_distill(run: RunConfig, log=print) -> dict:
                                                   format="label")
     c = StepConfig(student=student_config, loss=run.loss, optimizer=run.optimizer, total_steps=run.train.steps,
                    teacher=teacher_config, teacher_targets=run.teacher.targets, trainable=run.student.trainable,
-                   lora=run.student.lora, micro_batches=run.train.micro_batches, chunk_size=run.loss.chunk_size)
+                   lora=run.student.lora, micro_batches=run.train.micro_batches, chunk_size=run.loss.chunk_size,
+                   masked=False)  # pruning stages compact the student: its masks are all ones between them
     with timer("distill"):
         cache = teacher_cache(run, teacher_config, teacher, examples, log) if c.teacher_targets == "cached" else None
         state = init_state(c, params, jax.random.fold_in(key, 3))

@@ -408,7 +408,7 @@ def _duration(seconds: float) -> str:
 # ---------------------------------------------------------------------------------------------- run
 
 @contextlib.contextmanager
-def compilation_cache(root: Path):
+def compilation_cache(root: Path, min_compile_s: float = 0.5):
     """JAX's persistent compilation cache under the run cache for the block (unless the user set one):
     a point whose step has the shapes of an earlier point's, in this process or a later one, loads it
     compiled. The previous settings come back afterwards."""
@@ -420,7 +420,7 @@ def compilation_cache(root: Path):
     (root / "xla").mkdir(parents=True, exist_ok=True)
     before = jax.config.jax_persistent_cache_min_compile_time_secs
     jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_s)
     try:
         yield
     finally:

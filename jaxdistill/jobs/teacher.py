@@ -128,7 +128,7 @@ def prepare_teacher(run: RunConfig, teacher_dir: Path | None, tokenizer, tokeniz
     log(f"teacher: fine-tuning {steps} steps on {len(examples)} label-format examples")
     optimizer = run.optimizer if t.learning_rate is None else dataclasses.replace(run.optimizer, learning_rate=t.learning_rate)
     c = StepConfig(student=config, loss=CrossEntropyLoss(), optimizer=optimizer, total_steps=steps,
-                   micro_batches=run.train.micro_batches, chunk_size=run.loss.chunk_size)
+                   micro_batches=run.train.micro_batches, chunk_size=run.loss.chunk_size, masked=False)
     state = init_state(c, params, jax.random.fold_in(jax.random.key(run.seed), 2))
     state, last = run_phase(run, c, state, {}, batches(run, examples, mesh, format="label", seed_offset=100), mesh,
                             name="teacher", log=log)

@@ -262,27 +262,30 @@ class ModelConfig:
         return hf
 
 
-def saved_activation_bytes(config: ModelConfig, tokens: float) -> float:
-    """Bytes the layer scan saves for the backward pass without remat (about: the block's inputs,
-    norms, q/k/v, attention output, the MLP's gate/up/activation, per layer), for `tokens` tokens."""
+def saved_activation_bytes(config: ModelConfig, tokens: float, seq_len: int) -> float:
+    """Bytes the layer scan saves for the backward pass without remat, for `tokens` tokens in rows of
+    `seq_len` (about: the block's inputs, norms, q/k/v, attention output, the MLP's gate/up/activation,
+    and XLA attention's fp32 scores and probabilities [H, T] per token, per layer)."""
     c = config
     per_token = (4 * c.hidden_size + (c.num_heads + 2 * c.num_kv_heads) * c.head_dim + c.num_heads * c.head_dim
                  + 3 * c.intermediate_size)
     itemsize = 2 if c.compute_dtype == "bfloat16" else 4
-    return float(per_token * itemsize * c.num_layers * tokens)
+    scores = 2 * c.num_heads * seq_len * 4
+    return float((per_token * itemsize + scores) * c.num_layers * tokens)
 
 
-def remat_for(config: ModelConfig, tokens: int) -> str:
-    """The remat policy a step on `tokens` tokens (global) uses. An explicit policy is kept; `auto` is
-    `full` on CPU — recomputing the forward beats storing and re-reading the saved residuals there
-    (benchmarks/RESULTS.md, 2026-11-30) — and on accelerators `none` while the saved activations take
-    under 30% of a device's memory, else `full`."""
+def remat_for(config: ModelConfig, tokens: int, seq_len: int | None = None) -> str:
+    """The remat policy a step on `tokens` tokens (global, rows of `seq_len`) uses. An explicit policy
+    is kept; `auto` is `dots_no_batch` on CPU — keeping only the projections' outputs and recomputing
+    the rest beats storing every residual of the layer scan there (cpu_small student, layers forward +
+    backward: 310 ms vs 330 ms `full`, 385 ms `none`; benchmarks/RESULTS.md, 2026-11-30) — and on
+    accelerators `none` while the saved activations take under 30% of a device's memory, else `full`."""
     if config.remat_policy != "auto":
         return config.remat_policy
     import jax
 
     if jax.default_backend() == "cpu":
-        return "full"
+        return "dots_no_batch"
     limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
-    per_device = saved_activation_bytes(config, tokens / jax.device_count())
+    per_device = saved_activation_bytes(config, tokens / jax.device_count(), seq_len or tokens)
     return "none" if limit is None or per_device < 0.3 * limit else "full"

@@ -242,7 +242,7 @@ class Transformer(nnx.Module):
             h = nnx.merge(block_def, layer_state)(h, cos, sin, mask, hidden_mask, observe)
             return _constrain_batch(h, mesh), summaries
 
-        policy = remat_for(c, tokens.size)
+        policy = remat_for(c, tokens.size, tokens.shape[-1])
         if policy != "none":
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[policy], prevent_cse=False)
         x, summaries = jax.lax.scan(body, x, block_state)

@@ -158,7 +158,7 @@ def _teacher_inputs(c: StepConfig, teacher: Params, batch) -> dict[str, Any]:
     if c.teacher_targets == "cached":
         return {"teacher_targets": losses.SparseTargets(batch["target_ids"], batch["target_weights"],
                                                         batch["target_self_term"])}
-    hidden = hidden_states(c.teacher, teacher, batch["tokens"], segment_ids=batch["segment_ids"])
+    hidden = hidden_states(c.teacher, teacher, batch["tokens"], segment_ids=batch.get("segment_ids"))
     return {"teacher_hidden": jax.lax.stop_gradient(hidden),
             "teacher_head": jax.lax.stop_gradient(as_module(c.teacher, teacher).head_kernel())}
 
@@ -168,7 +168,7 @@ def _loss(trainable, c: StepConfig, state: TrainState, batch, coefficients, teac
     fused loss's teacher arguments for these rows (`_teacher_inputs`)."""
     params, lora = (state.params, trainable) if c.trainable == "lora" else (trainable, {})
     weights = student_params(c, params, lora, state.masks)
-    h = hidden_states(c.student, weights, batch["tokens"], segment_ids=batch["segment_ids"],
+    h = hidden_states(c.student, weights, batch["tokens"], segment_ids=batch.get("segment_ids"),
                       hidden_mask=state.masks["hidden"] if c.masked else None)
     head = as_module(c.student, weights).head_kernel()
     return losses.fused_loss(c.loss.token_loss(), h, head, {k: batch[k] for k in PER_TOKEN}, step=state.step,

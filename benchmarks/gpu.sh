@@ -31,7 +31,7 @@ CONFIGS=(jaxdistill/configs/bench/gpu_qwen3_0.6b.yaml jaxdistill/configs/bench/g
 
 say() { printf '[gpu.sh %3ds] %s\n' "$SECONDS" "$*"; }
 
-# Let JAX's allocator take 92% of the GPU instead of its default 75%: the fp32 4B teacher, the
+# Let JAX's allocator take 92% of the GPU instead of its default 75%: the 4B teacher (bf16 weights), the
 # student's AdamW state and the step's activations need the room (peak_bytes_in_use, reported below,
 # counts what the step really used, not the reservation).
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-.92}

@@ -1,8 +1,8 @@
 """The distillation step part by part, PyTorch + transformers next to jaxdistill, each part jitted (or
 run) alone on the `cpu_small` workload, the two alternated round by round in one process:
 
-    teacher forward        final hidden states + head logits (jax: hidden states; the head is in the loss)
-    student forward        logits (jax: hidden states)
+    teacher forward        logits (in the step, jaxdistill's head matmul runs inside the fused loss)
+    student forward        logits
     student backward + KL  student forward + loss + backward, minus the student forward above
     optimizer              AdamW on the student's gradients (jax: the project's `make_optimizer`)
     whole step             `make_train_step` / the reference step of `torch_reference.py`
@@ -26,7 +26,7 @@ import yaml
 
 from jaxdistill.bench_step import model_config
 from jaxdistill.losses import LossConfig
-from jaxdistill.models import hidden_states, init_params
+from jaxdistill.models import forward, init_params
 from jaxdistill.train import OptimizerConfig, StepConfig, init_state, make_train_step
 from jaxdistill.train.optimizer import make_optimizer
 from jaxdistill.train.step import _loss, _teacher_inputs
@@ -58,8 +58,8 @@ def jax_parts(spec: dict, iters: int) -> dict:
     batch = {"tokens": tokens, "labels": jnp.roll(tokens, -1, 1), "weights": jnp.ones((B, T)),
              "parts": jnp.full((B, T), 3, jnp.int8)}
     state = init_state(c, params, key)
-    teacher_fwd = jax.jit(lambda tp, b: _teacher_inputs(c, tp, b)["teacher_hidden"])
-    student_fwd = jax.jit(lambda p, b: hidden_states(s_config, p, b["tokens"]))
+    teacher_fwd = jax.jit(lambda tp, b: forward(t_config, tp, b["tokens"]))  # logits, as torch's row
+    student_fwd = jax.jit(lambda p, b: forward(s_config, p, b["tokens"]))
     inputs = jax.block_until_ready(_teacher_inputs(c, teacher, batch))
     grad = jax.jit(jax.value_and_grad(lambda p, s, b, ti: _loss(p, c, s, b, None, ti)[0]))
     tx = make_optimizer(opt, 1000, params)

@@ -111,6 +111,19 @@ def _batches(data: str, n: int, *, batch: int, seq: int, vocab: int, format: str
     return out
 
 
+def _flops(c: StepConfig, tokens: int, seq: int) -> dict[str, float]:
+    """`perf.step_flops` of the step as it runs: with a capacity, only that many rows reach the
+    student's (and a live teacher's) LM head, so the head FLOPs of the other rows are not counted."""
+    teacher = c.teacher if c.live_teacher else None
+    flops = step_flops(c.student, teacher, tokens, seq)
+    if c.capacity is not None and c.capacity < tokens:
+        skipped = tokens - c.capacity
+        flops["student"] -= 3 * 2.0 * c.student.hidden_size * c.student.vocab_size * skipped
+        if teacher is not None:
+            flops["teacher"] -= 2.0 * teacher.hidden_size * teacher.vocab_size * skipped
+    return flops
+
+
 def _capacity(batches, micro_batches: int = 1, multiple: int = 64) -> int:
     """The most supervised positions any of the batches has, rounded up to `multiple` (no drops)."""
     most = max(int((b["weights"] > 0).sum()) for b in batches)
@@ -176,7 +189,7 @@ def _bench_step(teacher: Any = "cpu-small-teacher", student: Any = "cpu-small-st
     host = [] if memory_only else _batches(
         data, min(steps + warmup, 32), batch=batch, seq=seq, vocab=s_config.vocab_size, format=format,
         max_len=max_len, seed=seed, targets=None if targets == "live" else functools.partial(
-            _target_cache, t_config, t_params, format=format))
+            _target_cache, t_config, t_params, format=format, temperature=loss_config.temperature, seed=seed))
     if capacity == "auto":
         capacity = _capacity(host) if host else None
     c = StepConfig(student=s_config, loss=loss_config, optimizer=opt, total_steps=1000, teacher=t_config,
@@ -188,7 +201,7 @@ def _bench_step(teacher: Any = "cpu-small-teacher", student: Any = "cpu-small-st
         "backend": device.platform, "device_kind": device.device_kind, "device_count": jax.device_count(),
         "batch": batch, "seq": seq, "tokens_per_step": tokens, "compute_dtype": s_config.compute_dtype,
         "remat": remat_for(s_config, tokens, seq), "chunk_size": c.chunk_size, "capacity": capacity,
-        "targets": targets, "flops_per_step": step_flops(s_config, t_config if c.live_teacher else None, tokens, seq),
+        "targets": targets, "flops_per_step": _flops(c, tokens, seq),
         "jax_version": jax.__version__}
     step = make_train_step(c)
     if memory_only:
@@ -228,13 +241,14 @@ def _bench_step(teacher: Any = "cpu-small-teacher", student: Any = "cpu-small-st
     else:
         peak, peak_source = step_peak(s_config, t_config if c.live_teacher else None, batch, seq)
     flops = sum(result["flops_per_step"].values())
+    cache_s = getattr(_target_cache, "seconds", None) if targets == "cached" else None
     loss = float(jax.device_get(metrics["loss"]))
     return {**result,
             "step_ms_median": 1e3 * median, "step_ms_p10": 1e3 * float(np.percentile(times, 10)),
             "step_ms_p90": 1e3 * float(np.percentile(times, 90)), "steps_timed": len(times),
             "tokens_per_s": tokens / median, "useful_tokens_per_step": supervised,
             "useful_tokens_per_s": supervised / median, "compile_s": compile_s, "first_step_s": first_step_s,
-            "process_to_first_step_s": since_start,
+            "process_to_first_step_s": since_start, "target_cache_build_s": cache_s,
             "mfu": flops / median / peak, "peak_flops": peak, "peak_source": peak_source,
             "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes), "last_loss": loss,
             "dropped_tokens": float(jax.device_get(metrics.get("dropped_tokens", 0.0))),
@@ -243,13 +257,20 @@ def _bench_step(teacher: Any = "cpu-small-teacher", student: Any = "cpu-small-st
             "compilations": step.compilations}
 
 
-def _target_cache(config: ModelConfig, params, examples, *, format: str):
-    """The teacher's sparse targets for the examples (built once, as `jaxdistill run` does before
-    training with teacher.targets=cached), in a temporary directory."""
+def _target_cache(config: ModelConfig, params, examples, *, format: str, temperature: float, seed: int):
+    """The teacher's sparse targets for the examples at the loss's temperature (built once, as
+    `jaxdistill run` does before training with teacher.targets=cached), in a temporary directory that
+    goes when the process ends; the build time is `_target_cache.seconds`."""
+    import atexit
+    import shutil
     import tempfile
 
     from jaxdistill.data import TargetSettings, build_teacher_cache
 
     root = tempfile.mkdtemp(prefix="jaxdistill-bench-targets-")
-    return build_teacher_cache(config, params, examples, root, format=format, tokenizer_id="bench",
-                               settings=TargetSettings())
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    t0 = time.perf_counter()
+    cache = build_teacher_cache(config, params, examples, root, format=format, tokenizer_id="bench",
+                                settings=TargetSettings(temperature=temperature, seed=seed))
+    _target_cache.seconds = time.perf_counter() - t0
+    return cache

@@ -97,15 +97,15 @@ def step_matmuls(config: ModelConfig, batch: int, seq: int, *, backward: bool) -
         if backward:
             out += [(("dx", 1, m, nn, k), flops), (("dw", 1, k, m, nn), flops)]
     bh = batch * H
-    for shape in ((seq, D, seq), (seq, seq, D)):  # QK^T, AV
-        flops = 2.0 * bh * seq * seq * D * L / 2
-        out.append((("fwd", bh, *shape), flops))
-        if backward:
-            out += [(("fwd", bh, *shape), 2 * flops)]  # both backward products are batched matmuls of these sizes
+    flops = 2.0 * bh * seq * seq * D * L / 2  # each of QK^T and AV, halved (causal)
+    scores, values = ("fwd", bh, seq, D, seq), ("fwd", bh, seq, seq, D)  # (M, K, N): QK^T, AV
+    out += [(scores, flops), (values, flops)]
+    if backward:  # QK^T: dQ = dS K, dK = dS^T Q (both T x T x D); AV: dP = dO V^T (T x D x T), dV = P^T dO
+        out += [(values, 2 * flops), (scores, flops), (values, flops)]
     return out
 
 
-def _timed_matmul(kind: str, b: int, m: int, k: int, n: int, dtype, repeats: int, min_seconds: float = 0.25) -> float:
+def _timed_matmul(kind: str, b: int, m: int, k: int, n: int, dtype, repeats: int, min_seconds: float = 0.1) -> float:
     """Best FLOP/s of one matmul in the layout the step uses (see `step_matmuls`)."""
     if kind == "fwd":
         shapes, dims = ((b, m, k), (b, k, n)), (((2,), (1,)), ((0,), (0,)))

@@ -38,10 +38,11 @@ def test_bench_cpu_small_prints_the_step_json():
 
 
 def test_bench_cpu_task_with_cached_targets_and_capacity():
-    out = _bench("cpu_task")
+    out = _bench("cpu_task", "peak_tflops=1.0", "steps=1", "warmup=0")  # the ceiling: tested above
     assert out["targets"] == "cached" and out["flops_per_step"]["teacher"] == 0.0
     assert out["dropped_tokens"] == 0.0 and out["capacity"] % 64 == 0
     assert 0 < out["useful_tokens_per_step"] <= out["capacity"] <= 2 * 128
+    assert out["target_cache_build_s"] > 0 and out["peak_source"] == "given"
 
 
 def test_bench_rejects_a_bad_option():

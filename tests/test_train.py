@@ -98,9 +98,11 @@ def test_sharded_steps_equal_single_device(mesh_shape):
     single, single_params = _single_device_steps(c)
     sharded, state, step = _run_steps(c, mesh_shape)
     np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-6)
-    # the weights too: sharded reductions sum in another order, and Adam scales that rounding up
+    # the weights too: sharded reductions sum in another order, and Adam scales that rounding up (it
+    # normalises each gradient entry, so an entry within rounding of zero can move by up to ~lr per
+    # step): 1% of lr over the 5 steps
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(single_params)):
-        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-2 * 1e-2)
     assert step.compilations == 1
 
 

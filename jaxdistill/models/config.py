@@ -279,13 +279,18 @@ def remat_for(config: ModelConfig, tokens: int, seq_len: int | None = None) -> s
     is kept; `auto` is `dots_no_batch` on CPU — keeping only the projections' outputs and recomputing
     the rest beats storing every residual of the layer scan there (cpu_small student, layers forward +
     backward: 310 ms vs 330 ms `full`, 385 ms `none`; benchmarks/RESULTS.md, 2026-11-30) — and on
-    accelerators `none` while the saved activations take under 30% of a device's memory, else `full`."""
+    accelerators `none` while the saved activations take under 30% of a device's memory, else `full`
+    (the tokens are split over every device: under tensor parallelism that underestimates; multi-host
+    runs with different devices per host should set the policy explicitly)."""
     if config.remat_policy != "auto":
         return config.remat_policy
     import jax
 
     if jax.default_backend() == "cpu":
         return "dots_no_batch"
-    limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    try:  # this process's first device (a non-local device has no stats)
+        limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+    except Exception:  # a backend without memory stats
+        limit = None
     per_device = saved_activation_bytes(config, tokens / jax.device_count(), seq_len or tokens)
     return "none" if limit is None or per_device < 0.3 * limit else "full"

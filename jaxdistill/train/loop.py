@@ -109,7 +109,7 @@ def check_finite(state: TrainState, checkpoints: Checkpoints, name: str) -> None
     """Stop (naming the step) when the step flagged a non-finite loss or gradient, or the weights are
     not finite (an update that overflowed: checked here, at logging and checkpoint steps only)."""
     bad = int(jax.device_get(state.first_bad_step))
-    if bad < 0 and not bool(jax.device_get(_weights_finite(state))):
+    if bad < 0 and not bool(jax.device_get(_weights_finite(state))):  # became so at or before this step
         bad = int(jax.device_get(state.step)) - 1
     if bad >= 0:
         raise TrainingError(f"{name}: the loss or the weights became non-finite at step {bad}; stopped. "

@@ -124,6 +124,9 @@ def init_state(c: StepConfig, params: Params, key, *, masks=None) -> TrainState:
     lora = init_lora(c.student, jax.random.fold_in(key, 1), rank=c.lora.rank, modules=c.lora.modules) \
         if c.trainable == "lora" else {}
     trainable = lora if c.trainable == "lora" else params
+    if masks is not None and not c.masked and not all(bool(jnp.all(m != 0)) for m in jax.tree.leaves(masks)):
+        raise TrainingError("these masks prune structures, but the step config has masked=False (it would train "
+                            "the pruned weights): use masked=True, or compact the student first")
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, lora=lora,
                       opt_state=make_optimizer(c.optimizer, c.total_steps, trainable).init(trainable),
                       masks=full_masks(c.student) if masks is None else masks,

@@ -85,14 +85,11 @@ class Projection(nnx.Module):
         self.n_in = len(in_shape)
 
     def __call__(self, x):
-        # As one 2-D matmul [tokens, in] @ [in, out] (free reshapes of row-major arrays): its weight
-        # gradient is then x^T dy over a single contracted axis, which XLA runs as a plain GEMM
-        # instead of transposing copies of the activations first.
+        # One 2-D GEMM [tokens, in] @ [in, out]: the weight gradient then contracts one axis (no transposed copies)
         kernel = self.kernel[...].astype(x.dtype)
         lead, in_shape, out_shape = x.shape[:x.ndim - self.n_in], kernel.shape[:self.n_in], kernel.shape[self.n_in:]
         y = jnp.dot(x.reshape(math.prod(lead), math.prod(in_shape)),
-                    kernel.reshape(math.prod(in_shape), math.prod(out_shape)))
-        y = y.reshape(*lead, *out_shape)
+                    kernel.reshape(math.prod(in_shape), math.prod(out_shape))).reshape(*lead, *out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         return y

@@ -26,7 +26,7 @@ import click
 import yaml
 
 from jaxdistill.bench import PRESETS, check_spec, run_benchmark
-from jaxdistill.config import RunConfigError, dump, load_config, merge, parse_override
+from jaxdistill.config import RunConfigError, dump, load_config, load_yaml, merge, parse_override
 from jaxdistill.evaluate.loglik import EvaluationError
 from jaxdistill.evaluate.run import available_suites, check_suites, summary_table
 from jaxdistill.jobs.distill import run_distill
@@ -258,7 +258,7 @@ def bench(config_file, as_json, overrides):
     """Run the benchmark a YAML file describes (e.g. jaxdistill/configs/bench/forward_cpu.yaml);
     key=value overrides merge into it (model.hidden_size=64 keeps the rest of model:)."""
     try:
-        spec = yaml.safe_load(config_file.read_text()) or {}
+        spec = load_yaml(config_file.read_text()) or {}
         from jaxdistill.bench_step import STEP_PRESETS
 
         for field in ("model", "teacher", "student"):  # a preset's fields, to override one of them

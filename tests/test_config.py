@@ -104,3 +104,15 @@ def test_cached_targets_need_forward_kl():
     assert load_config(None, ["teacher.targets=none", "loss.w_kl=0", "loss.w_trace_ce=0"]).loss.uses_teacher is False
     with pytest.raises(RunConfigError, match="builds a teacher cache that loss.w_kl=0.0 never reads"):
         load_config(None, ["teacher.targets=cached", "loss.w_kl=0"])
+
+
+def test_yaml_1_2_numbers_in_overrides_and_files(tmp_path):
+    """`1e-4` is a number (YAML 1.2), in an override and in a config file; quoted it stays a string."""
+    from jaxdistill.config import load_config, load_yaml
+
+    assert load_config(None, ["optimizer.learning_rate=1e-4"], check_paths=False).optimizer.learning_rate == 1e-4
+    path = tmp_path / "run.yaml"
+    path.write_text("optimizer:\n  learning_rate: 3E-4\n  weight_decay: 1e-2\n")
+    config = load_config(path, check_paths=False)
+    assert (config.optimizer.learning_rate, config.optimizer.weight_decay) == (3e-4, 1e-2)
+    assert load_yaml("a: '1e-4'\nb: 10\nc: 7e\n") == {"a": "1e-4", "b": 10, "c": "7e"}

@@ -22,11 +22,12 @@ every unknown key, bad type, bad choice, bad range, missing path and incompatibl
 `schema.py` holds the dataclasses and their checks, `loading.py` the reading and decoding.
 """
 
-from jaxdistill.config.loading import dump, job_of, load_config, merge, packaged_config, parse_override, to_dict
+from jaxdistill.config.loading import (dump, job_of, load_config, load_yaml, merge, packaged_config, parse_override,
+                                      to_dict)
 from jaxdistill.config.schema import (DEMO_TEACHER, JOBS, DataConfig, PruningConfig, RunConfig, RunConfigError,
                                       SmokeBatch, SmokeConfig, StudentConfig, TeacherCacheConfig, TeacherConfig,
                                       TracesConfig, check_choice)
 
-__all__ = ["DEMO_TEACHER", "JOBS", "DataConfig", "PruningConfig", "RunConfig", "RunConfigError", "SmokeBatch",
+__all__ = ["load_yaml", "DEMO_TEACHER", "JOBS", "DataConfig", "PruningConfig", "RunConfig", "RunConfigError", "SmokeBatch",
            "SmokeConfig", "StudentConfig", "TeacherCacheConfig", "TeacherConfig", "TracesConfig", "check_choice",
            "dump", "job_of", "load_config", "merge", "packaged_config", "parse_override", "to_dict"]

@@ -6,6 +6,7 @@ the schema first, so every mistake is a `RunConfigError` that names the key and 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -22,6 +23,21 @@ from jaxdistill.pruning import PruningError
 from jaxdistill.train import TrainingError
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1) plus YAML 1.2's floats: `1e-4` and `1E5` are numbers, not the
+    strings YAML 1.1 makes of exponents without a dot."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text -> Python values (safe: plain data only), numbers as YAML 1.2 reads them."""
+    return yaml.load(text, Loader=_Yaml12Loader)
+
+
 def packaged_config(name: str) -> Path:
     """A YAML shipped in the package (`jaxdistill/configs/NAME`)."""
     return Path(__file__).resolve().parents[1] / "configs" / name
@@ -34,7 +50,7 @@ def parse_override(text: str) -> dict[str, Any]:
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise RunConfigError(f"override {text!r}: empty key")
-    value: Any = yaml.safe_load(raw) if raw else ""
+    value: Any = load_yaml(raw) if raw else ""
     for part in reversed(key.split(".")):
         value = {part: value}
     return value
@@ -97,7 +113,7 @@ def job_of(file: dict, overrides=()) -> str:
     job = file.get("job", "distill")
     for text in overrides:
         if text.startswith("job="):
-            job = yaml.safe_load(text.split("=", 1)[1])
+            job = load_yaml(text.split("=", 1)[1])
     if not isinstance(job, str):
         raise RunConfigError(f"job={job!r}; valid: {', '.join(JOBS)}")
     return job
@@ -108,7 +124,7 @@ def _read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise RunConfigError(f"config file {str(path)!r} does not exist")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise RunConfigError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(loaded, dict):

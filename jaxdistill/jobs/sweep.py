@@ -56,7 +56,7 @@ import pandas as pd
 import yaml
 
 from jaxdistill.atomic_files import atomic_write, write_json
-from jaxdistill.config import RunConfig, RunConfigError, load_config, packaged_config, to_dict
+from jaxdistill.config import RunConfig, RunConfigError, load_config, load_yaml, packaged_config, to_dict
 from jaxdistill.jobs.distill import file_lock, run_distill
 from jaxdistill.jobs.errors import RUN_ERRORS
 from jaxdistill.jobs.teacher import cache_root, fingerprint
@@ -160,7 +160,7 @@ def load_sweep(path: str | Path, overrides=()) -> Sweep:
     if not path.is_file():
         raise SweepError(f"sweep file {str(path)!r} does not exist")
     try:
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise SweepError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(spec, dict):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxdistill.models import ModelConfig, forward, init_params, load_pretrained
-from jaxdistill.models.transformer import segment_positions
+from jaxdistill.models.rope import segment_positions
 from tests.tiny_models import hf_logits, random_sequences
 
 CONFIG = ModelConfig(model_type="qwen3", vocab_size=64, hidden_size=32, intermediate_size=64,

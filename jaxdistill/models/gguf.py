@@ -70,7 +70,8 @@ from jaxdistill.atomic_files import write_json
 from jaxdistill.models import sharding as sharding_lib
 from jaxdistill.models.config import ModelConfig
 from jaxdistill.models.hf import CheckpointError, load_tensors, save_pretrained
-from jaxdistill.models.transformer import Params, rope_inv_freq
+from jaxdistill.models.rope import rope_inv_freq
+from jaxdistill.models.transformer import Params
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 # What `gguf.quants.dequantize` can read in the installed gguf: F32, F16 and every type it has a

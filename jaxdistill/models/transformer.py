@@ -5,7 +5,8 @@ metadata) and the math. Training code never holds a module: it holds `params`, a
 of arrays (`init_params`, `load_pretrained`), and calls the pure function `forward`, which merges
 them into the module graph inside the trace. Per-layer parameters are stacked on a leading
 `layers` axis and the layer body runs under `jax.lax.scan`, so compile time does not grow with depth.
-(About 400 lines on purpose: the whole model reads top to bottom in one file, as in jax-llm-examples.)
+(The whole model reads top to bottom in one file, as in jax-llm-examples; RoPE and packed positions are
+in `rope.py`.)
 
 Per layer (pre-norm residual, SwiGLU MLP):
 
@@ -35,10 +36,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxdistill.models.config import ModelConfig, remat_for
+from jaxdistill.models.rope import apply_rope, rope_tables, segment_positions
 from jaxdistill.models.sharding import activation_sharding, tree_shardings
 
 Params = dict[str, Any]
@@ -275,56 +276,6 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens, segment_ids=None, positions=None, mesh=None, hidden_mask=None):
         return self.logits(self.hidden_states(tokens, segment_ids, positions, mesh, hidden_mask))
-
-
-# ------------------------------------------------------------------------------ RoPE, masks
-
-
-def rope_inv_freq(config: ModelConfig) -> np.ndarray:
-    """Inverse frequencies [D/2] in float32, with llama3 or linear scaling applied (as transformers)."""
-    D = config.head_dim
-    inv_freq = (1.0 / (np.float32(config.rope_theta) **
-                       (np.arange(0, D, 2, dtype=np.float32) / np.float32(D)))).astype(np.float32)
-    rope = config.rope_params
-    rope_type = rope.get("rope_type", "default")
-    if rope_type == "linear":
-        inv_freq = inv_freq / np.float32(rope["factor"])
-    elif rope_type == "llama3":
-        factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
-        old_len = rope.get("original_max_position_embeddings", config.max_position_embeddings)
-        low_wavelen, high_wavelen = old_len / low, old_len / high
-        wavelen = (2 * math.pi / inv_freq).astype(np.float32)
-        scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-        inv_freq = np.where(medium, smoothed, scaled).astype(np.float32)
-    return inv_freq
-
-
-def rope_tables(config: ModelConfig, positions):
-    """cos, sin [B, T, D] (fp32) for integer positions [B, T]."""
-    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(config))
-    angles = jnp.concatenate([angles, angles], axis=-1)
-    return jnp.cos(angles), jnp.sin(angles)
-
-
-def apply_rope(x, cos, sin):
-    """Rotate-half RoPE on x [B, T, N, D], computed in fp32."""
-    x32 = x.astype(jnp.float32)
-    x1, x2 = jnp.split(x32, 2, axis=-1)
-    rotated = jnp.concatenate([-x2, x1], axis=-1)
-    return (x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
-
-
-def segment_positions(segment_ids, length: int):
-    """Positions that restart at 0 wherever the segment id changes: [B, T] int32."""
-    idx = jnp.arange(length, dtype=jnp.int32)
-    starts = jnp.concatenate(
-        [jnp.ones_like(segment_ids[:, :1], dtype=bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
-        axis=1)
-    start_idx = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
-    return idx - start_idx
 
 
 def _constrain_batch(x, mesh):

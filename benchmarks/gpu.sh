@@ -95,14 +95,32 @@ limit_for() {  # the smaller of a run's own limit and what the budget has left
   rest=$(left)
   echo $((rest < cap ? rest : cap))
 }
+run_capped() {  # impl config cap_s min_s command...: the command under the time budget; 1 if skipped or failed
+  local impl=$1 config=$2 cap=$3 min=$4 limit rc=0 msg
+  shift 4
+  limit=$(limit_for "$cap")
+  if ((limit < min)); then
+    say "skip $impl $config: only ${limit}s of the budget left"
+    record_error "$impl" "$config" "skipped: time budget spent"
+    return 1
+  fi
+  say "$impl: $* (timeout ${limit}s)"
+  timeout --kill-after=10 "$limit" "$@" || rc=$?
+  if ((rc != 0)); then
+    msg=$([[ $rc -eq 124 || $rc -eq 137 ]] && echo "timed out after ${limit}s" || echo "failed (rc $rc)")
+    say "$impl $config: $msg"
+    record_error "$impl" "$config" "$msg"
+    return 1
+  fi
+}
 record_error() {  # impl config message
   "$PYTHON" -c 'import json, sys; print(json.dumps({"impl": sys.argv[1], "config": sys.argv[2], "error": sys.argv[3]}))' \
     "$1" "$2" "$3" >>"$JSONL"
 }
 
 # 2. jaxdistill bench CONFIG --json, in-process: the same code path as the CLI (click's main), then
-# the allocator's peak. bench_step does not report peak_bytes_in_use itself; if it ever does, its
-# value is kept. The peak covers the whole process: random init of the teacher and student too.
+# the allocator's peak (bench_step reports its own peak_bytes_in_use after the timed steps; that value
+# is kept). The peak covers the whole process: random init of the teacher and student too.
 read -r -d '' JAX_RUNNER <<'PY' || true
 import contextlib, io, json, os, sys, time
 config, jsonl = sys.argv[1], sys.argv[2]
@@ -124,20 +142,7 @@ print(line)
 PY
 
 for config in "${CONFIGS[@]}"; do
-  limit=$(limit_for "$JAX_LIMIT_S")
-  if ((limit < 30)); then
-    say "skip jax $config: only ${limit}s of the budget left"
-    record_error jax "$config" "skipped: time budget spent"
-    continue
-  fi
-  say "jax: jaxdistill bench $config --json (timeout ${limit}s)"
-  rc=0
-  timeout --kill-after=10 "$limit" "$PYTHON" -c "$JAX_RUNNER" "$config" "$JSONL" || rc=$?
-  if ((rc != 0)); then
-    msg=$([[ $rc -eq 124 || $rc -eq 137 ]] && echo "timed out after ${limit}s" || echo "failed (rc $rc)")
-    say "jax $config: $msg"
-    record_error jax "$config" "$msg"
-  fi
+  run_capped jax "$config" "$JAX_LIMIT_S" 30 "$PYTHON" -c "$JAX_RUNNER" "$config" "$JSONL" || true
 done
 
 # 3. The PyTorch reference at the same shapes, where torch with CUDA imports.
@@ -147,22 +152,12 @@ elif [[ ! -f benchmarks/torch_reference.py ]]; then
   say "torch: benchmarks/torch_reference.py is missing; no PyTorch reference"
 else
   for config in "${CONFIGS[@]}"; do
-    limit=$(limit_for "$TORCH_LIMIT_S")
-    if ((limit < 20)); then
-      say "skip torch $config: only ${limit}s of the budget left"
-      record_error torch "$config" "skipped: time budget spent"
-      continue
-    fi
-    say "torch: python benchmarks/torch_reference.py $config --device cuda --dtype bfloat16 --json (timeout ${limit}s)"
     log=$(mktemp)
-    rc=0
-    timeout --kill-after=10 "$limit" "$PYTHON" benchmarks/torch_reference.py "$config" --device cuda \
-      --dtype bfloat16 --json | tee "$log" || rc=$?
-    if ((rc != 0)); then
-      msg=$([[ $rc -eq 124 || $rc -eq 137 ]] && echo "timed out after ${limit}s" || echo "failed (rc $rc)")
-      say "torch $config: $msg"
-      record_error torch "$config" "$msg"
-    elif ! "$PYTHON" -c '
+    ok=0
+    run_capped torch "$config" "$TORCH_LIMIT_S" 20 "$PYTHON" benchmarks/torch_reference.py "$config" \
+      --device cuda --dtype bfloat16 --json >"$log" || ok=$?
+    cat "$log"
+    if ((ok == 0)) && ! "$PYTHON" -c '
 import json, sys
 lines = [l for l in open(sys.argv[1]).read().splitlines() if l.strip()]
 result = json.loads(lines[-1])

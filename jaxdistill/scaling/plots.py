@@ -47,6 +47,14 @@ def _curve(metric_fit: dict | None, D) -> dict | None:
     return None
 
 
+def _finish_panels(fig, axes, ylabel: str, title: str, path: Path) -> None:
+    """A row of panels sharing y: the y label on the first, the legend on the last, the title, saved."""
+    axes[0][0].set_ylabel(ylabel)
+    _legend(axes[0][-1], loc="best")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
 def _legend(ax, **kw):
     h, lab = ax.get_legend_handles_labels()
     seen = dict(zip(lab, h))
@@ -99,10 +107,7 @@ def _plot_vs_r(df, fits, metric, schedule, method, colors, path) -> bool:
         ax.set_title(f"D = {_fmt_int(D)}")
         ax.set_xlabel("compression ratio r")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(metric)
-    _legend(axes[0][-1], loc="best")
-    fig.suptitle(f"{metric} vs compression ratio ({schedule}, {method})")
-    _save(fig, path)
+    _finish_panels(fig, axes, metric, f"{metric} vs compression ratio ({schedule}, {method})", path)
     return True
 
 
@@ -128,10 +133,7 @@ def _plot_vs_D(df, metric, schedule, method, colors, path) -> bool:
         ax.set_title(f"format: {f}")
         ax.set_xlabel("D (training examples)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(metric)
-    _legend(axes[0][-1], loc="best")
-    fig.suptitle(f"{metric} vs D at each r ({schedule}, {method})")
-    _save(fig, path)
+    _finish_panels(fig, axes, metric, f"{metric} vs D at each r ({schedule}, {method})", path)
     return True
 
 

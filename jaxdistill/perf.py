@@ -44,20 +44,8 @@ def matmul_shapes(config: ModelConfig, tokens: int) -> list[tuple[int, int, int]
 
 
 def measure_matmul_peak(shapes, dtype=jnp.float32, repeats: int = 7) -> float:
-    """The ceiling: best achieved FLOP/s over `shapes` (M, K, N) and over `repeats` timed runs."""
-    best = 0.0
-    for m, k, n in shapes:
-        a = jnp.ones((m, k), dtype)
-        b = jnp.ones((k, n), dtype)
-        f = jax.jit(jnp.matmul)
-        f(a, b).block_until_ready()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            f(a, b).block_until_ready()
-            times.append(time.perf_counter() - t0)
-        best = max(best, 2 * m * k * n / min(times))
-    return best
+    """The ceiling: best achieved FLOP/s over `shapes` (M, K, N), each the best of `repeats` timed runs."""
+    return max(_timed_matmul("fwd", 1, m, k, n, dtype=dtype, repeats=repeats) for m, k, n in shapes)
 
 
 def peak_flops(config: ModelConfig, tokens: int) -> tuple[float, str]:

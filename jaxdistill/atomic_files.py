@@ -3,6 +3,7 @@ so a crash or kill never leaves a half-written checkpoint or result file behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -25,3 +26,17 @@ def atomic_write(target: str | os.PathLike, write: Callable[[Path], None]) -> No
 
 def write_json(target: str | os.PathLike, obj: Any) -> None:
     atomic_write(target, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def no_space(err: BaseException | None) -> OSError | None:
+    """The out-of-space OSError behind `err` (itself, or a cause / context of it), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in NO_SPACE:
+            return err
+        err = err.__cause__ or err.__context__
+    return None

@@ -2,7 +2,10 @@
 and the student's model config).
 
 orbax writes each step to a temporary directory and renames it when complete, so a kill mid-save
-leaves the previous checkpoint as the latest loadable one. The model item (`model_to_json`) records
+leaves the previous checkpoint as the latest loadable one; a save that fails (a full disk) removes its
+temporary directory before the error goes on. A checkpoint found damaged on restore (a file deleted
+or truncated) is moved aside by `quarantine` to `<dir>.damaged/<step>` (never deleted) once an
+older intact one has been restored (`train.loop.resume`). The model item (`model_to_json`) records
 the shape the state was saved in — a student compacted mid-run has a smaller one than it started
 with; checkpoints written before that item existed simply have none (`saved_model` -> None).
 """
@@ -10,6 +13,10 @@ with; checkpoints written before that item existed simply have none (`saved_mode
 from __future__ import annotations
 
 import dataclasses
+import errno
+import logging
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +62,47 @@ class Checkpoints:
                      config=ocp.args.JsonSave(config))
         if model is not None:
             items["model"] = ocp.args.JsonSave(model_to_json(model))
-        self.manager.save(step, args=ocp.args.Composite(**items))
-        if wait:
-            self.manager.wait_until_finished()
+        absl = logging.getLogger("absl")  # orbax logs a failed save's traceback from each of its threads
+        level = absl.level
+        absl.setLevel(logging.CRITICAL)
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**items))
+            if wait:
+                self.manager.wait_until_finished()
+        except BaseException as err:  # a full disk, a kill signal: no temporary directory stays behind
+            self.remove_temporary()
+            if _out_of_space(err):  # tensorstore reports it as a ValueError
+                raise OSError(errno.ENOSPC, f"no space left on device (checkpoint step {step})",
+                              str(self.directory)) from err
+            raise
+        finally:
+            absl.setLevel(level)
+
+    def remove_temporary(self) -> None:
+        """Remove unfinished saves (orbax's `*.orbax-checkpoint-tmp*` directories)."""
+        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def quarantine(self, step: int) -> Path:
+        """Move a damaged checkpoint out of the manager's sight, to `<dir>.damaged/<step>[-<time>]`."""
+        aside = self.directory.with_name(f"{self.directory.name}.damaged") / str(step)
+        if aside.exists():
+            aside = aside.with_name(f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if jax.process_index() == 0:
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(aside)
+        if jax.process_count() > 1:  # every process sees the move before it looks again
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"jaxdistill-quarantine-{step}")
+        self.manager.reload()
+        return aside
 
     def saved_model(self, step: int) -> ModelConfig | None:
         """The model config saved with checkpoint `step` (None: saved without one)."""
@@ -78,6 +120,12 @@ class Checkpoints:
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
         state = TrainState(**out["state"]) if isinstance(abstract_state, TrainState) else out["state"]
         return state, out["data"], out["config"]
+
+
+def _out_of_space(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or (
+        "No space left on device" in text or "os_error_code='28'" in text or "Disk quota exceeded" in text)
 
 
 def abstract_like(state):

@@ -153,7 +153,7 @@ def compacting_stage(c: StepConfig, prune: Callable[[StepConfig, TrainState], Ma
 
 
 def resume_student(checkpoints: Checkpoints, c: StepConfig, state: TrainState, batches, *, mesh=None,
-                   config: dict, ignore: tuple[str, ...] = ()) -> tuple[StepConfig, TrainState, int | None]:
+                   config: dict, ignore: tuple[str, ...] = (), log=None) -> tuple[StepConfig, TrainState, int | None]:
     """`resume` for a student that may have been compacted before the checkpoint was saved:
     (the StepConfig of the restored student, the state placed on `mesh`, the step resumed from or
     None). `c` and `state` are the run's start (original student); without a checkpoint they come
@@ -167,6 +167,7 @@ def resume_student(checkpoints: Checkpoints, c: StepConfig, state: TrainState, b
     placed, _ = place(c, state, mesh)
     reshape = lambda model: placed if model == c.student else abstract_state(
         dataclasses.replace(c, student=model), mesh)
-    restored, step = resume(checkpoints, placed, batches, config=config, ignore=ignore, reshape=reshape)
+    restored, step = resume(checkpoints, placed, batches, config=config, ignore=ignore, reshape=reshape,
+                            **({} if log is None else {"log": log}))
     return current_config(c, restored), restored, step
 

@@ -15,6 +15,7 @@ saved with every checkpoint, so a resume can rebuild a student compacted mid-run
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Union
@@ -58,11 +59,21 @@ class TrainConfig:
                                 f"{self.micro_batches}")
 
 
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def resume(checkpoints: Checkpoints, state: TrainState, batches, *, config: dict,
-           ignore: tuple[str, ...] = (), reshape: Callable | None = None) -> tuple[TrainState, int | None]:
-    """The latest checkpoint restored into `state`'s placement (and `batches` rewound), if any. The
-    run config saved with it must equal `config` (keys in `ignore` aside): resuming a different run
-    would silently mix two experiments.
+           ignore: tuple[str, ...] = (), reshape: Callable | None = None,
+           log: Callable[[str], None] = _warn) -> tuple[TrainState, int | None]:
+    """The newest intact checkpoint restored into `state`'s placement (and `batches` rewound), if any.
+    The run config saved with it must equal `config` (keys in `ignore` aside): resuming a different
+    run would silently mix two experiments.
+
+    A checkpoint that cannot be restored (a file deleted or truncated) is skipped with a one-line
+    warning; once an older one restores, the damaged newer ones are moved aside
+    (`Checkpoints.quarantine`), so the run goes on from there. When none restores, nothing is moved
+    and a `TrainingError` lists each checkpoint with its damage.
 
     reshape: for a state whose shapes may have changed during the run (a student compacted by a
     pruning stage). Called with the `ModelConfig` saved with the checkpoint (only if one was: older
@@ -71,15 +82,31 @@ def resume(checkpoints: Checkpoints, state: TrainState, batches, *, config: dict
     `lambda model: train.compaction.abstract_state(dataclasses.replace(c, student=model), mesh)`.
     The restored state then has the saved shapes; `train.compaction.current_config(c, state)` is its
     StepConfig. `train.compaction.resume_student` does all of this in one call."""
-    latest = checkpoints.latest_step()
-    if latest is None:
+    steps = checkpoints.all_steps()[::-1]
+    if not steps:
         return state, None
-    target = state
-    if reshape is not None:
-        model = checkpoints.saved_model(latest)
-        if model is not None:
-            target = reshape(model)
-    state, data_state, saved = checkpoints.restore(latest, abstract_like(target))
+    damaged = []
+    for latest in steps:
+        try:
+            target = state
+            if reshape is not None:
+                model = checkpoints.saved_model(latest)
+                if model is not None:
+                    target = reshape(model)
+            restored, data_state, saved = checkpoints.restore(latest, abstract_like(target))
+            break
+        except Exception as err:  # noqa: BLE001 — orbax, tensorstore and json raise many types for damage
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            damaged.append((latest, f"{type(err).__name__}: {reason}"))
+            log(f"warning: checkpoint step {latest} in {checkpoints.directory} is damaged ({damaged[-1][1]}); "
+                "trying the one before")
+    else:
+        raise TrainingError(f"no checkpoint in {checkpoints.directory} can be restored ("
+                            + "; ".join(f"step {s}: {why}" for s, why in damaged)
+                            + "): move the directory away to start this phase afresh")
+    for step, _ in damaged:
+        log(f"warning: resuming from step {latest}; the damaged step {step} is moved to {checkpoints.quarantine(step)}")
+    state = restored
     saved, config = _flat(saved), _flat(config)
     changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
     if changed:
@@ -112,9 +139,12 @@ def check_finite(state: TrainState, checkpoints: Checkpoints, name: str) -> None
     if bad < 0 and not bool(jax.device_get(_weights_finite(state))):  # became so at or before this step
         bad = int(jax.device_get(state.step)) - 1
     if bad >= 0:
-        raise TrainingError(f"{name}: the loss or the weights became non-finite at step {bad}; stopped. "
-                            f"The last good checkpoint is step {checkpoints.latest_step()} in "
-                            f"{checkpoints.directory}")
+        latest = checkpoints.latest_step()
+        where = ("no checkpoint was saved before it (a rerun starts this phase from its beginning)" if latest is None
+                 else f"the last good checkpoint is step {latest} in {checkpoints.directory}")
+        raise TrainingError(f"{name}: the loss or the weights became non-finite at step {bad}; stopped: {where}. "
+                            "A lower learning rate (optimizer.learning_rate, teacher.learning_rate) or clipping "
+                            "(optimizer.clip_norm) usually helps")
 
 
 def train_loop(train_step, state: TrainState, batches, *, steps: int, train: TrainConfig,

@@ -10,8 +10,10 @@
     jaxdistill config show [CONFIG] [key=value ...]
     jaxdistill bench CONFIG [key=value ...] [--json]
 
-Every config mistake (unknown key, bad value, missing path, incompatible combination) is a usage
-error (exit 2) before any work starts; errors the run itself meets are reported without a traceback.
+Every mistake in the inputs (config key or value, run directory, data, model files, mesh and batch
+sizes) is a usage error (exit 2), found before any training; a failure of the run itself exits 1. Both
+are one line without a traceback (`jaxdistill --debug ...` or JAXDISTILL_DEBUG=1 shows it); see
+`jobs.errors` and docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from jaxdistill.config import RunConfigError, dump, load_config, load_yaml, merg
 from jaxdistill.evaluate.loglik import EvaluationError
 from jaxdistill.evaluate.run import available_suites, check_suites, summary_table
 from jaxdistill.jobs.distill import run_distill
-from jaxdistill.jobs.errors import RUN_ERRORS
+from jaxdistill.jobs.errors import describe
 from jaxdistill.jobs.evaluation import evaluate_dir
 from jaxdistill.jobs.smoke import model_smoke
 from jaxdistill.models import CheckpointError, ConfigError
@@ -40,8 +42,32 @@ from jaxdistill.models import CheckpointError, ConfigError
 JOB_RUNNERS = {"distill": run_distill, "model-smoke": model_smoke}  # the jobs of `config.JOBS`
 
 
-@click.group()
-def main():
+class JobError(click.ClickException):
+    """An error a command met, printed as one line (`Error: ...`) with its exit code (2: usage, 1: runtime)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Main(click.Group):
+    """The command group: any error a command meets leaves as one line and an exit code, unless --debug."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as err:
+            if ctx.params.get("debug"):
+                raise
+            message, code = describe(err)
+            raise JobError(message, code) from err
+
+
+@click.group(cls=Main)
+@click.option("--debug", is_flag=True, envvar="JAXDISTILL_DEBUG", help="Show tracebacks (errors are one line otherwise).")
+def main(debug):
     """jaxdistill: distil a teacher LLM into a pruned student and measure what it costs."""
 
 
@@ -62,27 +88,48 @@ def _load(args, *, job: str | None = None, check_paths: bool = True):
         raise click.UsageError(str(err)) from err
 
 
-def _run_job(config) -> None:
+def _run_job(config, resume_changed: bool = False, force_new: bool = False) -> None:
     log = lambda msg: click.echo(msg, err=True)
-    try:
-        JOB_RUNNERS[config.job](config, log=log)
-    except RUN_ERRORS as err:
-        raise click.ClickException(f"{type(err).__name__}: {err}") from err
+    if resume_changed and force_new:
+        raise click.UsageError("--resume-changed and --force-new exclude each other: continue the run, or start afresh")
+    options = {}
+    if config.job == "distill":
+        options["on_change"] = "resume" if resume_changed else "new" if force_new else "refuse"
+    elif resume_changed or force_new:
+        raise click.UsageError(f"--resume-changed / --force-new apply to the distill job, not job={config.job}")
+    JOB_RUNNERS[config.job](config, log=log, **options)
+
+
+_RUN_DIR_OPTIONS = [
+    click.option("--resume-changed", is_flag=True, help="run_dir holds a run with other settings: continue it from "
+                 "its checkpoints with these (recorded in run_dir/run.json)."),
+    click.option("--force-new", is_flag=True, help="run_dir holds a run with other settings: move it aside "
+                 "(RUN_DIR.replaced-<time>) and start afresh."),
+]
+
+
+def _run_dir_options(command):
+    for option in reversed(_RUN_DIR_OPTIONS):
+        command = option(command)
+    return command
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
+@_run_dir_options
 @click.argument("args", nargs=-1)
-def run(args):
+def run(args, resume_changed, force_new):
     """Run the job a config describes (no CONFIG: the embedded finance-topic distillation demo),
-    with key=value overrides; `job=model-smoke` runs the model smoke job instead."""
-    _run_job(_load(args))
+    with key=value overrides; `job=model-smoke` runs the model smoke job instead. A run_dir that
+    holds a run with other settings is refused (see --resume-changed, --force-new)."""
+    _run_job(_load(args), resume_changed, force_new)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
+@_run_dir_options
 @click.argument("args", nargs=-1)
-def distill(args):
+def distill(args, resume_changed, force_new):
     """Distil (and prune) a student: CONFIG (default: the shipped finance-topic demo) and key=value overrides."""
-    _run_job(_load(args, job="distill"))
+    _run_job(_load(args, job="distill"), resume_changed, force_new)
 
 
 @main.command("eval", context_settings={"ignore_unknown_options": True})
@@ -103,8 +150,6 @@ def eval_command(path, suites, limit, overrides):
                                log=lambda msg: click.echo(msg, err=True))
     except (EvaluationError, RunConfigError) as err:
         raise click.UsageError(str(err)) from err
-    except RUN_ERRORS as err:
-        raise click.ClickException(f"{type(err).__name__}: {err}") from err
     click.echo(summary_table(results))
     click.echo(f"written to {path / 'eval.json'}", err=True)
 
@@ -121,7 +166,7 @@ def convert(gguf_file, out_dir):
     try:
         path = convert_gguf(gguf_file, out_dir)
     except (CheckpointError, ConfigError) as err:
-        raise click.ClickException(f"{type(err).__name__}: {err}") from err
+        raise JobError(f"{type(err).__name__}: {err}", 2) from err
     click.echo(f"converted {gguf_file} -> {path}", err=True)
 
 

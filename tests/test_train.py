@@ -210,7 +210,7 @@ def test_pruning_in_the_loop_keeps_zeros_and_exports(tmp_path):
 def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path):
     run = _run(tmp_path, "optimizer.learning_rate=1.0e+30", "optimizer.clip_norm=1.0e+30", "optimizer.warmup_steps=3",
                "pruning=null", "train.checkpoint_every=1")
-    with pytest.raises(TrainingError, match=r"the loss or the weights became non-finite at step (\d+); stopped. The last good checkpoint is step") as err:
+    with pytest.raises(TrainingError, match=r"the loss or the weights became non-finite at step (\d+); stopped: the last good checkpoint is step") as err:
         run_distill(run, log=lambda m: None)
     bad = int(err.value.args[0].split("step ")[1].split(";")[0])
     checkpoints = Checkpoints(tmp_path / "checkpoints-student")

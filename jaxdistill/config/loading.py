@@ -43,14 +43,31 @@ def packaged_config(name: str) -> Path:
     return Path(__file__).resolve().parents[1] / "configs" / name
 
 
+def parse_value(raw: str) -> Any:
+    """An override's value: YAML 1.2 (numbers, booleans, null, [lists], {mappings}); text that YAML
+    would read as a block mapping (`Topic: {text}`) or cannot read at all stays the literal string, so
+    values with `: ` need no quoting. A value opening a flow list or mapping must be valid YAML."""
+    if not raw:
+        return ""
+    flow = raw.lstrip().startswith(("[", "{"))
+    try:
+        value = load_yaml(raw)
+    except yaml.YAMLError as err:
+        if flow:
+            raise RunConfigError(f"value {raw!r} is not valid YAML ({str(err).splitlines()[0]}); quote it to "
+                                 "pass it as text, e.g. key='{...}'") from err
+        return raw
+    return raw if isinstance(value, dict) and not flow else value
+
+
 def parse_override(text: str) -> dict[str, Any]:
-    """'a.b=3' -> {'a': {'b': 3}}; the value is parsed as YAML (numbers, booleans, null, lists)."""
+    """'a.b=3' -> {'a': {'b': 3}}; the value is parsed by `parse_value`."""
     if "=" not in text:
         raise RunConfigError(f"override {text!r} is not key=value (e.g. train.steps=10)")
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise RunConfigError(f"override {text!r}: empty key")
-    value: Any = load_yaml(raw) if raw else ""
+    value: Any = parse_value(raw)
     for part in reversed(key.split(".")):
         value = {part: value}
     return value

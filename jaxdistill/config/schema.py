@@ -62,9 +62,21 @@ class DataConfig:
     subsample: int | None = 160        # D, the data-set size axis (null: all)
     tokenizer: str | None = None       # null: the teacher's (a teacher built here: the shipped 4096-token BPE)
     instruction: str | None = "Topic of: {text}"  # null: the default instruction and chat template
+    # names of the classes, in label-id order: numeric labels (0, 1, 2) are taught and exported as these
+    # names; with names given, a label outside them is unknown (null: the source's own names)
+    label_names: tuple[str, ...] | None = None
+    # the largest share of rows a filter may drop (empty text, unknown label, too long) before the run
+    # stops with the counts; 1.0 allows any loss
+    max_dropped: float = 0.05
 
     def __post_init__(self):
         check_choice("data.format", self.format, FORMATS)
+        if self.label_names is not None and (len(self.label_names) < 2 or len(set(self.label_names)) < len(
+                self.label_names) or not all(str(n).strip() for n in self.label_names)):
+            raise RunConfigError(f"data.label_names={list(self.label_names)}: at least two distinct, non-empty "
+                                 "names, or null")
+        if not 0 <= self.max_dropped <= 1:
+            raise RunConfigError(f"data.max_dropped={self.max_dropped}: a share in [0, 1]")
         if self.max_len < 2:
             raise RunConfigError(f"data.max_len={self.max_len}: must be >= 2")
         if self.subsample is not None and self.subsample < 1:

@@ -13,18 +13,19 @@ in `report`, never passed on.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from jaxdistill import resources
+
 FINHEADLINEMIX_ID = "nvidia/FinHeadlineMix"
 
 
 def data_dir() -> Path:
-    """The shipped data folder (`data/` of the repository), or $JAXDISTILL_DATA."""
-    return Path(os.environ.get("JAXDISTILL_DATA", Path(__file__).resolve().parents[2] / "data"))
+    """The shipped data folder ($JAXDISTILL_DATA, else `jaxdistill.resources.data_dir`)."""
+    return resources.data_dir()
 
 
 class DataError(ValueError):
@@ -50,16 +51,23 @@ class ClassificationData:
 
 
 def _read_table(path: Path):
+    """A local table as a DataFrame; a file that cannot be read as its type is a `DataError` naming
+    the file and what is wrong (not UTF-8, not CSV / JSON / parquet, empty)."""
     import pandas as pd
 
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    if suffix == ".csv":
-        return pd.read_csv(path, keep_default_na=False)
-    if suffix in (".jsonl", ".json"):
-        return pd.read_json(path, lines=suffix == ".jsonl")
-    raise DataError(f"{path}: unsupported file type {suffix!r}; use .parquet, .csv, .jsonl or .json")
+    readers = {".parquet": pd.read_parquet, ".csv": lambda p: pd.read_csv(p, keep_default_na=False),
+               ".jsonl": lambda p: pd.read_json(p, lines=True), ".json": pd.read_json}
+    if suffix not in readers:
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use .parquet, .csv, .jsonl or .json")
+    try:
+        return readers[suffix](path)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at offset {err.start}); "
+                        "save it as UTF-8") from err
+    except Exception as err:  # noqa: BLE001 — pandas / pyarrow raise many types for a malformed file
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise DataError(f"{path}: cannot be read as {suffix[1:]} ({type(err).__name__}: {reason})") from err
 
 
 def _label_value(value):
@@ -135,6 +143,14 @@ def load_source(name: str = "finance_topic", *, split: str = "train", text_colum
                           rationale_column=rationale_column, label_names=label_names, where=str(path))
     if name == "finheadlinemix":
         name = FINHEADLINEMIX_ID
+    if not _hub_id(name):
+        raise DataError(f"data.source={name!r} is neither a local file (.parquet/.csv/.jsonl/.json; none at "
+                        f"{path.absolute()}), nor finance_topic / finheadlinemix, nor a hub dataset id (org/name)")
+    from jaxdistill.models.sources import hub_unavailable
+
+    if (why := hub_unavailable(None)) is not None:
+        raise DataError(f"data.source={name!r} is not a local file, and the Hugging Face hub is {why}: pass a local "
+                        ".parquet/.csv/.jsonl/.json path, or the shipped finance_topic")
     try:
         import datasets
 
@@ -144,6 +160,12 @@ def load_source(name: str = "finance_topic", *, split: str = "train", text_colum
                         "Pass a local .parquet/.csv/.jsonl path instead when the hub is unreachable.") from err
     return from_table(table, text_column=text_column, label_column=label_column,
                       rationale_column=rationale_column, label_names=label_names, where=name)
+
+
+def _hub_id(name: str) -> bool:
+    """A Hugging Face dataset id: `name` or `org/name`, letters, digits, `-_.` only."""
+    parts = name.split("/")
+    return 1 <= len(parts) <= 2 and all(p and all(c.isalnum() or c in "-_." for c in p) for p in parts)
 
 
 def stratified_split(labels, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> list[np.ndarray]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxdistill.data.sources import data_dir, load_source
+from jaxdistill.data.sources import DataError, data_dir, load_source
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<think>", "</think>"]
 SHIPPED_BPE = "finance_topic/bpe-4096.json"
@@ -35,13 +35,23 @@ def load_tokenizer(name_or_path: str | None = None):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = Path(name_or_path) if name_or_path else data_dir() / SHIPPED_BPE
-    if path.is_dir():
-        return AutoTokenizer.from_pretrained(path)
-    if path.suffix == ".json" and path.is_file():
-        return PreTrainedTokenizerFast(tokenizer_file=str(path), pad_token="<pad>", bos_token="<bos>",
-                                       eos_token="<eos>")
-    raise FileNotFoundError(f"tokenizer {str(path)!r}: expected a local tokenizer directory or a "
-                            "tokenizer.json file (the hub is not used)")
+    if not (path.is_dir() or (path.suffix == ".json" and path.is_file())):
+        raise DataError(f"tokenizer {str(path)!r}: expected a local tokenizer directory or a tokenizer.json file "
+                        "(the hub is not used)")
+    try:
+        if path.is_dir():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        else:
+            tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path), pad_token="<pad>", bos_token="<bos>",
+                                                eos_token="<eos>")
+    except Exception as err:  # noqa: BLE001 — transformers / tokenizers raise many types for bad files
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise DataError(f"tokenizer {str(path)!r} cannot be loaded ({type(err).__name__}: {reason})") from err
+    if len(tokenizer) == 0 or not tokenizer("a headline", add_special_tokens=False)["input_ids"]:
+        raise DataError(f"tokenizer {str(path)!r} loads as an empty tokenizer (it encodes text to nothing): the "
+                        "directory holds no tokenizer files (tokenizer.json, or tokenizer_config.json with its "
+                        "vocabulary); point data.tokenizer at the model's tokenizer")
+    return tokenizer
 
 
 def build_shipped_bpe() -> Path:

@@ -33,17 +33,20 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jaxdistill.atomic_files import atomic_write, write_json
-from jaxdistill.config import RunConfig, dump
+from jaxdistill.atomic_files import write_json
+from jaxdistill.config import RunConfig, RunConfigError
 from jaxdistill.data import TargetSettings, build_teacher_cache, encode_dataset
-from jaxdistill.jobs.evaluation import evaluate_model, pruned_only, report, split_data, suites_of, template_of
+from jaxdistill.jobs import rundir
+from jaxdistill.jobs.export import check_prompt, documented_prompt, export_model
+from jaxdistill.jobs.evaluation import (check_encoding, evaluate_model, guard_dropped, pruned_only, report,
+                                         split_data, suites_of, template_of)
 from jaxdistill.jobs.phases import batches, calibration_batches, pruning_hooks, run_phase
 from jaxdistill.jobs.teacher import (cache_root, cached_evaluation, check_vocab, prepare_teacher, resolve_teacher,
                                      run_tokenizer, teacher_key, teacher_traces)
-from jaxdistill.models import ModelConfig, init_params, load_pretrained, logical_axes, make_mesh, save_pretrained, shard_params
-from jaxdistill.models.hf import to_host
+from jaxdistill.models import ModelConfig, init_params, load_pretrained, logical_axes, make_mesh, shard_params
+from jaxdistill.models.hf import check_pretrained, read_config, to_host
 from jaxdistill.pruning import compact, compression_ratio, param_count
-from jaxdistill.train import (StepConfig, TrainingError, current_config, init_state, optimizer_state_bytes,
+from jaxdistill.train import (StepConfig, current_config, init_state, optimizer_state_bytes,
                               student_params)
 
 
@@ -101,35 +104,70 @@ class PhaseTimer:
 
 
 def finished_result(run: RunConfig) -> dict | None:
-    """The stored result of a finished run of this same config (None: not finished, or another config)."""
+    """The stored result of a finished run of these same settings (None: not finished, or another config)."""
     run_dir = Path(run.run_dir)
     try:
         result = json.loads((run_dir / "result.json").read_text())
-        same = (run_dir / "config.yaml").read_text() == dump(run)
+        saved = rundir.stored_settings(run_dir)
     except (OSError, ValueError):
         return None
-    return result if same and "wall_s" in result and result.get("steps") == run.train.steps else None
+    if saved is None or rundir.differences(saved, rundir.settings(run), rundir.settings(RunConfig())):
+        return None
+    return result if "wall_s" in result and result.get("steps") == run.train.steps else None
 
 
-def run_distill(run: RunConfig, log=print) -> dict:
-    """The distill job (see the module docstring); returns the result (also written to result.json)."""
+def show_stored(run: RunConfig, result: dict, log) -> None:
+    """What a finished run's rerun prints: its stored result, untouched."""
+    log(f"{run.run_dir}: finished before; its result.json is left as it is")
+    if "eval" in result:
+        report({k: v for k, v in result["eval"].items() if isinstance(v, dict)}, log)
+    if "student_params" in result:
+        log(f"student: {result['student_params']:,} parameters ({result['compression_ratio']['total']:.3f} removed) "
+            f"in {Path(run.run_dir) / 'student'}; last loss {result.get('final', {}).get('loss', float('nan')):.4f}")
+
+
+def check_layout(run: RunConfig):
+    """The mesh (against the devices) and the batch (against the mesh's batch axes and the processes),
+    before any work: a usage error names the sizes and what would divide."""
+    try:
+        mesh = make_mesh(run.mesh)
+    except ValueError as err:
+        raise RunConfigError(f"mesh={list(run.mesh)}: {err}") from err
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows = run.train.batch_size // run.train.micro_batches
+    if rows % shards or run.train.batch_size % jax.process_count():
+        raise RunConfigError(f"train.batch_size={run.train.batch_size} (micro-batches of {rows} rows) does not "
+                             f"divide over the mesh's batch axes (data x fsdp = {shards}) and "
+                             f"{jax.process_count()} process(es): use a multiple of {shards * jax.process_count()}")
+    return mesh
+
+
+def run_distill(run: RunConfig, log=print, *, on_change: str = "refuse") -> dict:
+    """The distill job (see the module docstring); returns the result (also written to result.json).
+    `on_change`: what to do with a run_dir that holds other settings (`jobs.rundir`: refuse | resume
+    | new)."""
+    accepted = rundir.check(run, on_change=on_change, log=log)
     if (stored := finished_result(run)) is not None:
-        log(f"{run.run_dir}: finished before; its result.json is left as it is")
+        show_stored(run, stored, log)
         return stored
-    mesh = make_mesh(run.mesh)
+    mesh = check_layout(run)
     if run.teacher.targets == "cached" and jax.process_count() > 1:
-        raise TrainingError("teacher.targets=cached runs in one process only (the cache is built by one writer); "
-                            "use teacher.targets=live on several processes")
-    run_dir = Path(run.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(dump(run)))
+        raise RunConfigError("teacher.targets=cached runs in one process only (the cache is built by one writer); "
+                             "use teacher.targets=live on several processes")
     timer, template = PhaseTimer(), template_of(run)
     with timer("resolve_teacher"):
         teacher_dir, source = resolve_teacher(run, log)
         tokenizer, tokenizer_id = run_tokenizer(run, teacher_dir)
+    if teacher_dir is not None:
+        check_vocab(read_config(teacher_dir), tokenizer)
+    if run.student.path:
+        check_pretrained(run.student.path)
     data, held_out, ids, teacher_data = split_data(run, teacher=True)
+    check_encoding(run, data, tokenizer, template)
+    check_prompt(tokenizer, template, data.label_names, documented_prompt(tokenizer, template, data.label_names))
+    run_dir = Path(run.run_dir)  # every check that needs no computation passed: the run dir is made now
     if jax.process_index() == 0:
+        rundir.claim(run)
         write_json(run_dir / "split.json", ids)
     result, student_data = {"teacher": {**source}}, data
     reused = result["reused"] = {}
@@ -142,7 +180,8 @@ def run_distill(run: RunConfig, log=print) -> dict:
         reused["prepare_teacher"] = (ready / "prepared.json").is_file()
     with timer("prepare_teacher"):
         teacher_config, teacher, done, prepared = prepare_teacher(run, teacher_dir, tokenizer, tokenizer_id,
-                                                                  teacher_data, ids["teacher"], template, mesh, log)
+                                                                  teacher_data, ids["teacher"], template, mesh, log,
+                                                                  ignore=accepted)
     if done < run.teacher.prepare_steps:
         return {"stopped_at": done, "phase": "teacher"}
     check_vocab(teacher_config, tokenizer)
@@ -162,8 +201,8 @@ def run_distill(run: RunConfig, log=print) -> dict:
                                               format="label", cache=known)
     examples, counts = encode_dataset(student_data, tokenizer, format=run.data.format, template=template,
                                       max_len=run.data.max_len)
-    if not examples:
-        raise TrainingError(f"no examples left after encoding: {counts}")
+    guard_dropped(run, counts.get("dropped_too_long", 0), len(student_data), "are too long for data.max_len="
+                  f"{run.data.max_len} in the {run.data.format} format (with their traces)")
     held = "" if held_out is None else f", {len(held_out)} held out"
     log(f"data: {len(examples)} {run.data.format}-format examples ({counts}){held}, vocab {len(tokenizer)}")
     key = jax.random.key(run.seed)
@@ -182,7 +221,8 @@ def run_distill(run: RunConfig, log=print) -> dict:
         cache = teacher_cache(run, teacher_config, teacher, examples, log) if c.teacher_targets == "cached" else None
         state = init_state(c, params, jax.random.fold_in(key, 3))
         state, last = run_phase(run, c, state, teacher, batches(run, examples, mesh, teacher_cache=cache), mesh,
-                                name="student", hooks=pruning_hooks(run, c, calibration, log), log=log)
+                                name="student", hooks=pruning_hooks(run, c, calibration, log), log=log,
+                                ignore=accepted)
     c = current_config(c, state)  # the student as trained: compacted by the pruning stages
     done = int(jax.device_get(state.step))
     result.update({"phase": "student", "steps": done, "final": last, "data": counts,
@@ -190,20 +230,28 @@ def run_distill(run: RunConfig, log=print) -> dict:
                    "trainable": c.trainable})
     if done < run.train.steps:
         return result
-    with timer("export"):
+    with timer("compact"):
         final = host_tree(student_params(c, state.params, state.lora, state.masks))
         small_config, small = compact(c.student, final, host_tree(state.masks))
         result.update(compression_ratio=compression_ratio(student_config, small_config),
                       student_params=param_count(small_config)["total"],
                       teacher_params=param_count(teacher_config)["total"])
-        save_pretrained(small_config, small, run_dir / "student")  # every process calls it; process 0 writes
-        if jax.process_index() == 0:
-            save_tokenizer(tokenizer, run_dir / "student")
     if run.eval is not None:
         with timer("eval_student"):
             evals["student"] = evaluate_model(run, "student", small_config, small, tokenizer, held_out, log, mesh)
         result["eval"] = {"held_out": len(held_out), "suites": list(suites_of(run)), **evals}
         report(evals, log)
+    with timer("export"):  # every process calls it; process 0 writes
+        export_model(run_dir / "student", small_config, small, tokenizer, label_names=data.label_names,
+                     template=template, data_format=run.data.format, max_len=run.data.max_len, card={
+                         "name": f"student distilled by jaxdistill ({run.run_dir})", "teacher": result["teacher"],
+                         "compression": {k: result[k] for k in ("compression_ratio", "student_params",
+                                                                "teacher_params")},
+                         "data": {"source": run.data.source, "split": run.data.split, "D": len(data),
+                                  "format": run.data.format},
+                         "training": {"steps": done, "final_loss": last.get("loss"), "loss": run.loss.kind,
+                                      "teacher_targets": c.teacher_targets, "trainable": c.trainable},
+                         **({"eval": result["eval"]} if "eval" in result else {})})
     result["wall_s"] = timer.times
     if jax.process_index() == 0:
         write_json(run_dir / "result.json", result)
@@ -211,8 +259,3 @@ def run_distill(run: RunConfig, log=print) -> dict:
         f"exported to {run_dir / 'student'}; last loss {last.get('loss', float('nan')):.4f}")
     log("wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timer.times.items()))
     return result
-
-
-def save_tokenizer(tokenizer, path: Path) -> None:
-    """The tokenizer next to an exported model, so `AutoTokenizer.from_pretrained(path)` gives it back."""
-    tokenizer.save_pretrained(str(path))

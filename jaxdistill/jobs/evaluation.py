@@ -24,8 +24,8 @@ import numpy as np
 
 from jaxdistill.atomic_files import write_json
 from jaxdistill.config import RunConfig, load_config
-from jaxdistill.data import (Template, load_source, load_tokenizer, stratified_split,
-                             stratified_subsample)
+from jaxdistill.data import (ClassificationData, DataError, Template, encode_dataset, load_source, load_tokenizer,
+                             stratified_split, stratified_subsample)
 from jaxdistill.evaluate.classification import check_vocabulary
 from jaxdistill.evaluate.loglik import EvaluationError
 from jaxdistill.evaluate.run import default_suites, run_suites, summary_table
@@ -47,7 +47,14 @@ def split_data(run: RunConfig, *, teacher: bool = False):
     every D of a sweep shares one prepared teacher (null: the run's D examples)."""
     d = run.data
     data = load_source(d.source, split=d.split, text_column=d.text_column, label_column=d.label_column,
-                       rationale_column=d.rationale_column)
+                       rationale_column=d.rationale_column,
+                       label_names=None if d.label_names is None else list(d.label_names))
+    dropped = sum(v for k, v in data.report.items() if k.startswith("dropped_"))
+    if not len(data):
+        raise DataError(f"data.source={d.source!r} (split {d.split!r}) has no usable rows ({data.report}): every row "
+                        "has an empty text, a missing label or a label outside data.label_names")
+    guard_dropped(run, dropped, len(data) + dropped, f"were dropped while reading data.source={d.source!r} "
+                  f"({', '.join(f'{k} {v}' for k, v in sorted(data.report.items()))})")
     pool = np.arange(len(data))
     held_rows = np.array([], int)
     if run.eval is not None:
@@ -64,6 +71,23 @@ def split_data(run: RunConfig, *, teacher: bool = False):
                                                                     seed=run.seed + 1)]
     ids["teacher"] = teacher_rows.tolist()
     return (*out, data.subset(teacher_rows))
+
+
+def guard_dropped(run: RunConfig, dropped: int, total: int, what: str) -> None:
+    """Stop when a filter lost more than data.max_dropped of the rows (a data-loss guard)."""
+    if total and dropped / total > run.data.max_dropped:
+        raise DataError(f"{dropped} of {total} rows ({dropped / total:.0%}) {what}: more than data.max_dropped="
+                        f"{run.data.max_dropped:g}. Fix the data or the settings, or allow it with "
+                        f"data.max_dropped={min(1.0, dropped / total + 0.005):.2f}")
+
+
+def check_encoding(run: RunConfig, data: ClassificationData, tokenizer, template: Template) -> None:
+    """Before any work: the training rows encoded as the run will (the label format when traces are
+    still to be written) lose no more than data.max_dropped to data.max_len."""
+    format = run.data.format if data.rationales is not None else "label"
+    _, counts = encode_dataset(data, tokenizer, format=format, template=template, max_len=run.data.max_len)
+    guard_dropped(run, counts.get("dropped_too_long", 0), len(data),
+                  f"do not fit data.max_len={run.data.max_len} in the {format} format")
 
 
 def suites_of(run: RunConfig) -> tuple[str, ...]:

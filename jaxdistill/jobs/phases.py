@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxdistill.config import RunConfig, to_dict
 from jaxdistill.data import BatchIterator
+from jaxdistill.jobs.rundir import NOT_SETTINGS
 from jaxdistill.models.sharding import activation_sharding
 from jaxdistill.perf import peak_flops, step_flops
 from jaxdistill.pruning import importance, prune_to
@@ -59,15 +60,16 @@ def phase_record(run: RunConfig, c: StepConfig, peak=None):
 
 
 def run_phase(run: RunConfig, c: StepConfig, state, teacher, data: DeviceBatches, mesh, *, name: str,
-              hooks=None, log=print):
+              hooks=None, log=print, ignore=()):
     """Resume from run_dir if a checkpoint exists (in the shape it was saved: a compacted student
     resumes compacted), place the state, and run the loop for `c.total_steps`. The returned state may
-    be smaller than `c.student` (pruning stages compact it): `train.current_config(c, state)` says."""
+    be smaller than `c.student` (pruning stages compact it): `train.current_config(c, state)` says.
+    `ignore`: config keys the checkpoint's saved config may differ in (`jobs.rundir.check` accepted them)."""
     run_dir = Path(run.run_dir)
     checkpoints = Checkpoints(run_dir / f"checkpoints-{name}", keep=run.train.keep_checkpoints)
     config = to_dict(run)
     c, state, resumed = resume_student(checkpoints, c, state, data, mesh=mesh, config=config,
-                                       ignore=("train.stop_at_step",))
+                                       ignore=(*NOT_SETTINGS, *ignore), log=log)
     if resumed is not None:
         log(f"{name}: resumed from step {resumed}")
     shardings = state_shardings(c, state, mesh)

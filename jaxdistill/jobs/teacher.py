@@ -31,15 +31,14 @@ from jaxdistill.config import RunConfig, to_dict
 from jaxdistill.data import (ClassificationData, attach_traces, encode_dataset, generate_rationales, load_tokenizer,
                              load_traces, trace_quality)
 from jaxdistill.data.rationales import RATIONALE_PROMPT
+from jaxdistill.jobs.export import export_model
 from jaxdistill.jobs.phases import batches, run_phase
 from jaxdistill.losses import CrossEntropyLoss
-from jaxdistill.models import ModelConfig, init_params, load_pretrained, logical_axes, save_pretrained, shard_params
-from jaxdistill.models.sources import default_cache_dir, resolve_model
+from jaxdistill.models import ModelConfig, init_params, load_pretrained, logical_axes, shard_params
+from jaxdistill.models.hf import check_pretrained
+from jaxdistill.models.sources import ModelSourceError, default_cache_dir, resolve_model
 from jaxdistill.sample import SamplingSettings
 from jaxdistill.train import StepConfig, TrainingError, init_state
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "generation_config.json")
 
 
 def cache_root(run: RunConfig) -> Path:
@@ -56,6 +55,7 @@ def resolve_teacher(run: RunConfig, log) -> tuple[Path | None, dict]:
         return None, {"built_here": run.teacher.model}
     resolved = resolve_model(run.teacher.path, cache_dir=cache_root(run), hub=run.teacher.hub, log=log)
     log(f"teacher: {run.teacher.path} -> {resolved.path} ({resolved.kind})")
+    check_pretrained(resolved.path)  # config.json and the safetensors headers, before any work
     return Path(resolved.path), {"spec": run.teacher.path, "kind": resolved.kind, **resolved.provenance}
 
 
@@ -66,8 +66,8 @@ def run_tokenizer(run: RunConfig, teacher_dir: Path | None):
     if teacher_dir is not None and (teacher_dir / "tokenizer.json").is_file():
         return load_tokenizer(str(teacher_dir)), f"teacher:{fingerprint(_source_identity(teacher_dir))}"
     if teacher_dir is not None:
-        raise TrainingError(f"{teacher_dir} has no tokenizer.json: set data.tokenizer to the teacher's tokenizer "
-                            "directory")
+        raise ModelSourceError(f"{teacher_dir} has no tokenizer.json: set data.tokenizer to the teacher's tokenizer "
+                               "directory")
     return load_tokenizer(None), "shipped-bpe"
 
 
@@ -96,10 +96,10 @@ def teacher_key(run: RunConfig, teacher_dir: Path | None, tokenizer_id: str, tra
 
 
 def prepare_teacher(run: RunConfig, teacher_dir: Path | None, tokenizer, tokenizer_id: str,
-                    data: ClassificationData, train_ids: list[int], template, mesh, log):
+                    data: ClassificationData, train_ids: list[int], template, mesh, log, *, ignore=()):
     """(config, params, steps done, prepared dir or None): the teacher as loaded (prepare_steps=0), or
     fine-tuned on `data` in the label format (from the cache when an equal preparation exists; fewer
-    steps done: the run stopped early)."""
+    steps done: the run stopped early). `ignore`: config keys a resumed checkpoint may differ in."""
     t = run.teacher
     steps = t.prepare_steps
     if steps == 0:
@@ -131,33 +131,38 @@ def prepare_teacher(run: RunConfig, teacher_dir: Path | None, tokenizer, tokeniz
                    micro_batches=run.train.micro_batches, chunk_size=run.loss.chunk_size, masked=False)
     state = init_state(c, params, jax.random.fold_in(jax.random.key(run.seed), 2))
     state, last = run_phase(run, c, state, {}, batches(run, examples, mesh, format="label", seed_offset=100), mesh,
-                            name="teacher", log=log)
+                            name="teacher", log=log, ignore=ignore)
     done = int(jax.device_get(state.step))
     if done == steps:  # every process calls it: it gathers shards, process 0 writes
-        _store(config, state.params, prepared, teacher_dir, {
-            "key": key, "source": str(teacher_dir) if teacher_dir else "built here", "steps": steps,
-            "examples": len(examples), "encoding": counts, "final": last})
+        record = {"key": key, "source": str(teacher_dir) if teacher_dir else "built here", "steps": steps,
+                  "examples": len(examples), "encoding": counts, "final": last}
+        _store(config, state.params, prepared, record, tokenizer=tokenizer, label_names=data.label_names,
+               template=template, max_len=run.data.max_len)
     return config, state.params, done, prepared if done == steps else None
 
 
 def check_vocab(config: ModelConfig, tokenizer) -> None:
     if len(tokenizer) > config.vocab_size:
-        raise TrainingError(f"the tokenizer has {len(tokenizer)} tokens but the teacher's vocabulary is "
-                            f"{config.vocab_size}: teacher and student must share the teacher's tokenizer")
+        raise ModelSourceError(f"the tokenizer has {len(tokenizer)} tokens but the teacher's vocabulary is "
+                               f"{config.vocab_size}: teacher and student must share the teacher's tokenizer")
 
 
-def _store(config, params, prepared: Path, teacher_dir: Path | None, record: dict) -> None:
-    """Save a prepared teacher to the cache: weights and tokenizer files into a temporary directory,
-    renamed into place once complete (`prepared.json` marks it complete)."""
+def _store(config, params, prepared: Path, record: dict, *, tokenizer, label_names, template, max_len: int) -> None:
+    """Save a prepared teacher to the cache as a self-contained export (`jobs.export`: weights,
+    tokenizer, generation config, class names, model card) in a temporary directory, renamed into
+    place once complete (`prepared.json` marks it complete)."""
     tmp = prepared.with_name(f".{prepared.name}.tmp-{os.getpid()}")
-    save_pretrained(config, params, tmp)
-    if jax.process_index() != 0:
-        return
-    if teacher_dir is not None:
-        for name in TOKENIZER_FILES:
-            if (teacher_dir / name).is_file():
-                shutil.copy2(teacher_dir / name, tmp / name)
-    write_json(tmp / "prepared.json", record)
+    try:
+        export_model(tmp, config, params, tokenizer, label_names=label_names, template=template, data_format="label",
+                     max_len=max_len, card={"name": "teacher (fine-tuned by jaxdistill)",
+                                            "teacher": {"source": record["source"]},
+                                            "training": {k: record[k] for k in ("steps", "examples", "final")}})
+        if jax.process_index() != 0:
+            return
+        write_json(tmp / "prepared.json", record)
+    except BaseException:  # a full disk or a kill signal: leave no half-written directory behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if prepared.exists():  # an equal preparation finished first elsewhere: keep it
         shutil.rmtree(tmp, ignore_errors=True)
     else:

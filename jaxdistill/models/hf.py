@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from jaxdistill.atomic_files import atomic_write, write_json
@@ -126,7 +126,13 @@ def read_config(path: str | os.PathLike, **overrides) -> ModelConfig:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json; expected a Hugging Face model directory")
-    return ModelConfig.from_hf_dict(json.loads(config_file.read_text()), **overrides)
+    try:
+        hf = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_file}: not valid JSON ({err})") from err
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object, got {type(hf).__name__}")
+    return ModelConfig.from_hf_dict(hf, **overrides)
 
 
 def _checkpoint_files(path: Path) -> dict[str, Path]:
@@ -137,12 +143,28 @@ def _checkpoint_files(path: Path) -> dict[str, Path]:
         return {name: path / file for name, file in weight_map.items()}
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise CheckpointError(f"{path}: no *.safetensors files (and no model.safetensors.index.json)")
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        hint = (f"; {', '.join(pickled)} {'is' if len(pickled) == 1 else 'are'} never loaded: pickle files can run "
+                "code. Convert to safetensors (transformers: save_pretrained(..., safe_serialization=True))"
+                if pickled else "")
+        raise CheckpointError(f"{path}: no *.safetensors files (and no model.safetensors.index.json){hint}")
     names = {}
     for file in files:
-        with safe_open(file, framework="numpy") as f:
+        with _opened(file) as f:
             names.update({name: file for name in f.keys()})
     return names
+
+
+@contextlib.contextmanager
+def _opened(file: Path):
+    """safe_open, with a file that is not a complete safetensors file as a `CheckpointError` (safetensors
+    reads only its JSON header and raw tensor bytes: never code)."""
+    try:
+        handle = safe_open(file, framework="numpy")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{file}: not a complete safetensors file ({err}); re-download or re-export it") from err
+    with handle as f:
+        yield f
 
 
 class _Reader:
@@ -150,8 +172,7 @@ class _Reader:
 
     def __init__(self, files: dict[str, Path], stack: contextlib.ExitStack):
         self.files = files
-        self.handles = {file: stack.enter_context(safe_open(file, framework="numpy"))
-                        for file in sorted(set(files.values()))}
+        self.handles = {file: stack.enter_context(_opened(file)) for file in sorted(set(files.values()))}
 
     def _resolve(self, name):
         """The stored name: as given, or without the `model.` prefix (a base-model checkpoint)."""
@@ -188,6 +209,31 @@ def _check_tensors(specs: list[TensorSpec], reader: _Reader, config: ModelConfig
                 raise CheckpointError(
                     f"{path}: tensor {name!r} has shape {list(reader.shape(name))}, expected "
                     f"{list(spec.hf_shape)} from config.json")
+
+
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
+def _check_dtypes(reader: _Reader, config: ModelConfig, path: Path) -> None:
+    """Every weight a safetensors checkpoint holds for the model is a float tensor."""
+    for spec in tensor_specs(config):
+        for name in spec.hf_names(config.num_layers):
+            if name in reader and reader.dtype(name).upper() not in FLOAT_DTYPES:
+                raise CheckpointError(f"{path}: tensor {name!r} has dtype {reader.dtype(name)}; weights must be one of "
+                                      f"{', '.join(sorted(FLOAT_DTYPES))}")
+
+
+def check_pretrained(path: str | os.PathLike) -> ModelConfig:
+    """Validate a Hugging Face model directory without reading its weights: config.json, the
+    safetensors headers, every tensor's presence, shape and dtype (a `CheckpointError` or
+    `ConfigError` naming what is wrong). A `.gguf` file is checked when it is loaded."""
+    path = Path(path)
+    config = read_config(path)
+    with contextlib.ExitStack() as stack:
+        reader = _Reader(_checkpoint_files(path), stack)
+        _check_tensors(tensor_specs(config), reader, config, path)
+        _check_dtypes(reader, config, path)
+    return config
 
 
 def _place(spec: TensorSpec, reader: _Reader, sharding, dtype, num_layers: int) -> jax.Array:
@@ -236,6 +282,7 @@ def load_pretrained(path: str | os.PathLike, *, mesh: Mesh | None = None, dtype=
     config = read_config(path)
     with contextlib.ExitStack() as stack:
         reader = _Reader(_checkpoint_files(path), stack)
+        _check_dtypes(reader, config, path)
         return load_tensors(config, reader, path, mesh=mesh, dtype=dtype, compute_dtype=compute_dtype,
                             rules=rules)
 

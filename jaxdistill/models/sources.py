@@ -182,7 +182,7 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _hub_unavailable(hub: bool | None) -> str | None:
+def hub_unavailable(hub: bool | None) -> str | None:
     """Why the hub cannot be used now (a short phrase), or None when it can."""
     if hub is False:
         return "skipped (hub=False)"
@@ -226,7 +226,7 @@ def _resolve_hub_id(repo_id: str, cache_dir: Path, hub: bool | None, log) -> Res
     if hub is False:
         raise ModelSourceError(f"model {repo_id!r} is not a local path and looks like a hub id, but the "
                                f"hub is off (hub=False); {_valid_forms()}")
-    why = _hub_unavailable(hub)
+    why = hub_unavailable(hub)
     log(f"hub {why}; looking for a cached copy of {repo_id}" if why else f"fetching {repo_id} from the hub")
     try:
         path = _snapshot(repo_id, cache_dir, local_only=why is not None)
@@ -250,7 +250,7 @@ def _resolve_preset(preset: Preset, cache_dir: Path, hub: bool | None, pip_args:
     cached = _cached_preset(preset, cache_dir, log)
     if cached is not None:
         return cached
-    hub_failure = _hub_unavailable(hub)
+    hub_failure = hub_unavailable(hub)
     if hub_failure is not None:
         log(f"preset {preset.name}: hub {hub_failure}; trying pip")
     else:

@@ -1,0 +1,146 @@
+"""Run directories that never lie: a run directory belongs to one resolved config.
+
+    run_dir/config.yaml   the resolved config the directory was made for (`jaxdistill config show`'s
+                          format; `jaxdistill eval RUN_DIR` reads it)
+    run_dir/run.json      its fingerprint (sha256 of the flattened config), the jaxdistill version,
+                          and every accepted change (`--resume-changed`) with the keys it changed
+
+Starting a run in a directory that holds another config's run is refused before any work, naming
+every differing key with its old and new value (`RunDirError`, a usage error). Two switches, for the
+cases a user wants: `on_change="resume"` (`--resume-changed`: continue from the checkpoints with the
+new settings, e.g. more steps; the change is recorded in run.json) and `on_change="new"`
+(`--force-new`: the old directory is moved aside to `RUN_DIR.replaced-<time>`, never deleted, and
+the run starts afresh). Keys a newer jaxdistill added are no difference when the run uses their
+default value; `run_dir` (a moved directory), `cache_dir` and `train.stop_at_step` (when to stop this
+process) never are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from jaxdistill.atomic_files import atomic_write, write_json
+from jaxdistill.config import RunConfig, dump, load_yaml, to_dict
+
+# where the run lives, where its caches are, when this process stops: not what the run computes
+NOT_SETTINGS = ("run_dir", "cache_dir", "train.stop_at_step")
+ON_CHANGE = ("refuse", "resume", "new")
+OWN_MARKERS = ("RUNNING",)  # what a sweep puts in a point's directory before the run starts
+
+
+class RunDirError(ValueError):
+    """A run directory that holds another run (a usage error: another run_dir, the same settings, or a
+    switch)."""
+
+
+def flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a.b': value} for a nested dict (tuples as lists, so a config and its YAML compare equal)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def settings(run: RunConfig) -> dict[str, Any]:
+    """The flattened config, without the keys that are not settings of the run."""
+    return {k: v for k, v in flat(to_dict(run)).items() if k not in NOT_SETTINGS}
+
+
+def fingerprint(values: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def differences(saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]) -> dict[str, tuple]:
+    """{key: (old, new)} for every setting that differs; a key missing from `saved` (added by a newer
+    version) differs only when `current` moves it off its default."""
+    out = {}
+    for key in sorted(set(saved) | set(current)):
+        if key in NOT_SETTINGS:
+            continue
+        old, new = saved.get(key, defaults.get(key)), current.get(key)
+        if key not in saved and key in defaults and new == defaults[key]:
+            continue
+        if old != new:
+            out[key] = (saved.get(key, "<absent>"), current.get(key, "<absent>"))
+    return out
+
+
+def describe(changed: dict[str, tuple]) -> str:
+    return "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+
+
+def stored_settings(run_dir: Path) -> dict[str, Any] | None:
+    """The settings a run directory was made for (None: no config.yaml, a fresh directory)."""
+    file = run_dir / "config.yaml"
+    if not file.is_file():
+        return None
+    try:
+        tree = load_yaml(file.read_text())
+    except Exception as err:  # noqa: BLE001 — any unreadable file: refuse, do not guess
+        raise RunDirError(f"{file} cannot be read ({type(err).__name__}: {err}); move {run_dir} away or use "
+                          "another run_dir") from err
+    if not isinstance(tree, dict):
+        raise RunDirError(f"{file} is not a run config; move {run_dir} away or use another run_dir")
+    return {k: v for k, v in flat(tree).items() if k not in NOT_SETTINGS}
+
+
+def check(run: RunConfig, *, on_change: str = "refuse", log=print) -> tuple[str, ...]:
+    """Before any work: whether `run` may use its run_dir. Returns the keys whose differences are
+    accepted (a key a newer version added, or every changed key with on_change="resume"), for the
+    checkpoints' own comparison; raises `RunDirError` for a directory of another run."""
+    if on_change not in ON_CHANGE:
+        raise ValueError(f"on_change={on_change!r}; valid: {', '.join(ON_CHANGE)}")
+    run_dir = Path(run.run_dir)
+    saved = stored_settings(run_dir)
+    if saved is None:
+        foreign = [p.name for p in run_dir.iterdir() if p.name not in OWN_MARKERS] if run_dir.is_dir() else []
+        if foreign and on_change != "new":
+            raise RunDirError(f"run_dir {run_dir} exists, is not empty and holds no run (no config.yaml): use another "
+                              "run_dir, or --force-new to move it aside")
+        return ()
+    current = settings(run)
+    new_keys = tuple(k for k in current if k not in saved)
+    changed = differences(saved, current, settings(RunConfig()))
+    if not changed:
+        return new_keys
+    if on_change == "new":
+        aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        log(f"{run_dir}: held a run with other settings; moved to {aside}, starting afresh")
+        return ()
+    if on_change == "refuse":
+        raise RunDirError(f"run_dir {run_dir} holds a run with other settings: {describe(changed)}. Use another "
+                          "run_dir, the same settings to resume it, --resume-changed to continue it with the new "
+                          "settings, or --force-new to move it aside and start afresh")
+    log(f"{run_dir}: continuing with changed settings ({describe(changed)})")
+    return (*new_keys, *changed)
+
+
+def claim(run: RunConfig) -> None:
+    """Create run_dir and record the config it belongs to (config.yaml, run.json), atomically; an
+    accepted change is appended to run.json's history."""
+    from jaxdistill import __version__
+
+    run_dir = Path(run.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record_file = run_dir / "run.json"
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, ValueError):
+        record = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": []}
+    current = settings(run)
+    old = stored_settings(run_dir)
+    changed = differences(old, current, settings(RunConfig())) if old else {}
+    if changed:
+        record.setdefault("changes", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                 "changed": {k: [o, n] for k, (o, n) in changed.items()}})
+    record.update(fingerprint=fingerprint(current), version=__version__)
+    atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(dump(run)))
+    write_json(record_file, record)

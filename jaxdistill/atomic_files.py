@@ -31,12 +31,18 @@ def write_json(target: str | os.PathLike, obj: Any) -> None:
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
+NO_SPACE_TEXT = ("No space left on device", "os error 28", "os_error_code='28'", "Disk quota exceeded")
+
+
 def no_space(err: BaseException | None) -> OSError | None:
-    """The out-of-space OSError behind `err` (itself, or a cause / context of it), if any."""
+    """The out-of-space error behind `err` (itself, or a cause / context of it), if any, as an OSError
+    (libraries such as tensorstore and safetensors report ENOSPC in other exception types' text)."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in NO_SPACE:
             return err
+        if any(text in str(err) for text in NO_SPACE_TEXT):
+            return OSError(errno.ENOSPC, "No space left on device")
         err = err.__cause__ or err.__context__
     return None

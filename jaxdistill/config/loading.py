@@ -34,8 +34,15 @@ _Yaml12Loader.add_implicit_resolver(
 
 
 def load_yaml(text: str) -> Any:
-    """YAML text -> Python values (safe: plain data only), numbers as YAML 1.2 reads them."""
-    return yaml.load(text, Loader=_Yaml12Loader)
+    """YAML text -> Python values (safe: plain data only), numbers as YAML 1.2 reads them. Every
+    failure is a `yaml.YAMLError` (PyYAML's constructors raise ValueError, KeyError, ... for a bad
+    tagged scalar such as `!!int x`; deep nesting raises RecursionError)."""
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)
+    except yaml.YAMLError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as err:
+        raise yaml.YAMLError(f"{type(err).__name__}: {err}") from err
 
 
 def packaged_config(name: str) -> Path:
@@ -87,6 +94,9 @@ def _check_keys(cls, tree: dict, where: str = "") -> None:
     """Every key names a field of the dataclass (recursively), else the valid keys are listed."""
     hints = typing.get_type_hints(cls)
     for key, value in tree.items():
+        if not isinstance(key, str):
+            raise RunConfigError(f"config key {key!r} under {where or 'the top level'!r} is not text: keys are names "
+                                 f"such as {', '.join(sorted(f.name for f in dataclasses.fields(cls))[:4])}")
         if key not in hints:
             raise RunConfigError(f"unknown config key {where + key!r}; valid keys here: "
                                  f"{', '.join(sorted(f.name for f in dataclasses.fields(cls)))}")
@@ -130,7 +140,7 @@ def job_of(file: dict, overrides=()) -> str:
     job = file.get("job", "distill")
     for text in overrides:
         if text.startswith("job="):
-            job = load_yaml(text.split("=", 1)[1])
+            job = parse_value(text.split("=", 1)[1])
     if not isinstance(job, str):
         raise RunConfigError(f"job={job!r}; valid: {', '.join(JOBS)}")
     return job
@@ -142,6 +152,8 @@ def _read_yaml(path: str | Path) -> dict:
         raise RunConfigError(f"config file {str(path)!r} does not exist")
     try:
         loaded = load_yaml(path.read_text()) or {}
+    except UnicodeDecodeError as err:
+        raise RunConfigError(f"{path}: not UTF-8 text (byte offset {err.start}); save it as UTF-8") from err
     except yaml.YAMLError as err:
         raise RunConfigError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(loaded, dict):

@@ -236,7 +236,7 @@ class RunConfig:
         if any(n == 0 or n < -1 for n in self.mesh) or list(self.mesh).count(-1) > 1:
             raise RunConfigError(f"mesh={list(self.mesh)}: sizes >= 1, or -1 (the remaining devices) at most once")
         if self.pruning is not None:
-            last = self.pruning.schedule().stage_steps()[-1]
+            last = self.pruning.start + (self.pruning.stages - 1) * self.pruning.interval  # the last stage's step
             if last >= self.train.steps:
                 raise RunConfigError(f"the last pruning stage is at step {last} (pruning.start + (stages - 1) "
                                      f"* interval), not before train.steps={self.train.steps}")

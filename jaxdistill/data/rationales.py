@@ -12,6 +12,7 @@ import statistics
 import time
 from pathlib import Path
 
+from jaxdistill.atomic_files import atomic_write
 from jaxdistill.data.sources import ClassificationData, DataError
 from jaxdistill.models import ModelConfig
 from jaxdistill.models.transformer import Params
@@ -131,7 +132,7 @@ def _read_partial(partial: Path, data: ClassificationData, provenance: dict) -> 
             good.append(line)
         except json.JSONDecodeError as err:
             if n == len(lines) and not raw.endswith("\n"):
-                partial.write_text("".join(g + "\n" for g in good))
+                atomic_write(partial, lambda tmp: tmp.write_text("".join(g + "\n" for g in good)))
                 break
             raise DataError(f"{partial}:{n}: not a JSON object ({err})") from err
     for r in records:

@@ -70,9 +70,19 @@ def _read_table(path: Path):
         raise DataError(f"{path}: cannot be read as {suffix[1:]} ({type(err).__name__}: {reason})") from err
 
 
+def _missing(value) -> bool:
+    """None, NaN, or pandas' missing value (pd.NA / NaT, from nullable columns such as a parquet file's)."""
+    import pandas as pd
+
+    try:
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or array cell: not a missing scalar
+        return False
+
+
 def _label_value(value):
     """A label as int (integral numbers, also from float columns), str, or None (missing)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if _missing(value):
         return None
     if isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer()):
         return int(value)
@@ -91,9 +101,14 @@ def from_table(table, *, text_column: str = "text", label_column: str = "label",
     if missing:
         raise DataError(f"{where}: column(s) {missing} not found; the columns are {list(table.columns)} "
                         "(set text_column / label_column / rationale_column)")
-    texts = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t).strip()
-             for t in table[text_column].tolist()]
+    doubled = sorted({c for c in wanted if list(table.columns).count(c) > 1})
+    if doubled:
+        raise DataError(f"{where}: column(s) {doubled} appear more than once; rename the duplicates")
+    texts = ["" if _missing(t) else str(t).strip() for t in table[text_column].tolist()]
     raw = [_label_value(v) for v in table[label_column].tolist()]
+    if not all(isinstance(v, int) for v, t in zip(raw, texts) if v is not None and t):  # names, or a mix: 1 and
+        # "1" are one class
+        raw = [None if v is None else str(v) for v in raw]
     rationales = table[rationale_column].tolist() if rationale_column else None
     report = Counter()
     candidates = []

@@ -18,9 +18,11 @@ live teacher logits with the same keys.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -171,17 +173,17 @@ def build_teacher_cache(config: ModelConfig, params: Params, examples: list[Exam
     total = int(offsets[-1])
     shapes = {"ids.npy": ((total, settings.k), np.int32), "weights.npy": ((total, settings.k), np.float32),
               "self_term.npy": ((total,), np.float32)}
-    arrays = {}
+    arrays, reopened = {}, True
     for name, (shape, dtype) in shapes.items():
-        file = path / name
-        mode = "r+" if file.is_file() else "w+"
-        arrays[name] = np.lib.format.open_memmap(file, mode=mode, dtype=dtype, shape=shape)
+        arrays[name], kept = _target_array(path / name, shape, dtype)
+        reopened &= kept
     np.save(path / "offsets.npy", offsets)
     np.save(path / "example_ids.npy", np.array([ex.example_id for ex in examples], np.int64))
     progress_file = path / "progress.json"
     packing = {"seq_len": seq_len, "batch_rows": batch_rows}
     progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {}
-    done = progress["rows"] if progress.get("packing") == packing else 0  # other packing: start over
+    # other packing, or an array file a kill left unreadable (made anew): start over
+    done = progress["rows"] if progress.get("packing") == packing and reopened else 0
     index_of = {ex.example_id: i for i, ex in enumerate(examples)}
     rows = pack_rows([len(ex) for ex in examples], seq_len)
     for start in range(done, len(rows), batch_rows):
@@ -212,3 +214,24 @@ def build_teacher_cache(config: ModelConfig, params: Params, examples: list[Exam
                                     "format": format, "settings": dataclasses.asdict(settings),
                                     "examples": len(examples), "positions": total, "rows": len(rows)})
     return TeacherCache(path)
+
+
+def _target_array(file: Path, shape, dtype) -> tuple[np.memmap, bool]:
+    """(the memory-mapped array file, whether an existing one was kept). A file a kill left unreadable
+    or of another shape is made anew; a new file's blocks are reserved up front, so a full disk is an
+    `OSError` (ENOSPC) here and not a SIGBUS while the targets are written."""
+    if file.is_file():
+        try:
+            array = np.lib.format.open_memmap(file, mode="r+")
+            if array.shape == tuple(shape) and array.dtype == np.dtype(dtype):
+                return array, True
+        except (ValueError, OSError, EOFError):
+            pass
+    array = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=shape)
+    with open(file, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+    return array, False

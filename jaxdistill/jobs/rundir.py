@@ -25,6 +25,7 @@ from typing import Any
 
 from jaxdistill.atomic_files import atomic_write, write_json
 from jaxdistill.config import RunConfig, dump, load_yaml, to_dict
+from jaxdistill.train.loop import flat_config
 
 # where the run lives, where its caches are, when this process stops: not what the run computes
 NOT_SETTINGS = ("run_dir", "cache_dir", "train.stop_at_step")
@@ -37,20 +38,9 @@ class RunDirError(ValueError):
     switch)."""
 
 
-def flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """{'a.b': value} for a nested dict (tuples as lists, so a config and its YAML compare equal)."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
 def settings(run: RunConfig) -> dict[str, Any]:
     """The flattened config, without the keys that are not settings of the run."""
-    return {k: v for k, v in flat(to_dict(run)).items() if k not in NOT_SETTINGS}
+    return {k: v for k, v in flat_config(to_dict(run)).items() if k not in NOT_SETTINGS}
 
 
 def fingerprint(values: dict[str, Any]) -> str:
@@ -88,7 +78,7 @@ def stored_settings(run_dir: Path) -> dict[str, Any] | None:
                           "another run_dir") from err
     if not isinstance(tree, dict):
         raise RunDirError(f"{file} is not a run config; move {run_dir} away or use another run_dir")
-    return {k: v for k, v in flat(tree).items() if k not in NOT_SETTINGS}
+    return {k: v for k, v in flat_config(tree).items() if k not in NOT_SETTINGS}
 
 
 def check(run: RunConfig, *, on_change: str = "refuse", log=print) -> tuple[str, ...]:
@@ -101,7 +91,9 @@ def check(run: RunConfig, *, on_change: str = "refuse", log=print) -> tuple[str,
     saved = stored_settings(run_dir)
     if saved is None:
         foreign = [p.name for p in run_dir.iterdir() if p.name not in OWN_MARKERS] if run_dir.is_dir() else []
-        if foreign and on_change != "new":
+        if foreign and on_change == "new":
+            _move_aside(run_dir, "held files of no run", log)
+        elif foreign:
             raise RunDirError(f"run_dir {run_dir} exists, is not empty and holds no run (no config.yaml): use another "
                               "run_dir, or --force-new to move it aside")
         return ()
@@ -111,9 +103,7 @@ def check(run: RunConfig, *, on_change: str = "refuse", log=print) -> tuple[str,
     if not changed:
         return new_keys
     if on_change == "new":
-        aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.rename(aside)
-        log(f"{run_dir}: held a run with other settings; moved to {aside}, starting afresh")
+        _move_aside(run_dir, "held a run with other settings", log)
         return ()
     if on_change == "refuse":
         raise RunDirError(f"run_dir {run_dir} holds a run with other settings: {describe(changed)}. Use another "
@@ -121,6 +111,20 @@ def check(run: RunConfig, *, on_change: str = "refuse", log=print) -> tuple[str,
                           "settings, or --force-new to move it aside and start afresh")
     log(f"{run_dir}: continuing with changed settings ({describe(changed)})")
     return (*new_keys, *changed)
+
+
+def _move_aside(run_dir: Path, why: str, log) -> None:
+    """--force-new: rename run_dir to RUN_DIR.replaced-<time> (process 0; the others wait for it)."""
+    import jax
+
+    aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    if jax.process_index() == 0:
+        run_dir.rename(aside)
+        log(f"{run_dir}: {why}; moved to {aside}, starting afresh")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxdistill-force-new")
 
 
 def claim(run: RunConfig) -> None:

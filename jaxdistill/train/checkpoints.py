@@ -23,6 +23,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxdistill.atomic_files import no_space
+
 from jaxdistill.models import ModelConfig
 from jaxdistill.train.step import TrainState
 
@@ -71,7 +73,7 @@ class Checkpoints:
                 self.manager.wait_until_finished()
         except BaseException as err:  # a full disk, a kill signal: no temporary directory stays behind
             self.remove_temporary()
-            if _out_of_space(err):  # tensorstore reports it as a ValueError
+            if no_space(err) is not None:  # tensorstore reports it as a ValueError
                 raise OSError(errno.ENOSPC, f"no space left on device (checkpoint step {step})",
                               str(self.directory)) from err
             raise
@@ -120,12 +122,6 @@ class Checkpoints:
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
         state = TrainState(**out["state"]) if isinstance(abstract_state, TrainState) else out["state"]
         return state, out["data"], out["config"]
-
-
-def _out_of_space(err: BaseException) -> bool:
-    text = str(err)
-    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or (
-        "No space left on device" in text or "os_error_code='28'" in text or "Disk quota exceeded" in text)
 
 
 def abstract_like(state):

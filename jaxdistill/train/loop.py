@@ -107,7 +107,7 @@ def resume(checkpoints: Checkpoints, state: TrainState, batches, *, config: dict
     for step, _ in damaged:
         log(f"warning: resuming from step {latest}; the damaged step {step} is moved to {checkpoints.quarantine(step)}")
     state = restored
-    saved, config = _flat(saved), _flat(config)
+    saved, config = flat_config(saved), flat_config(config)
     changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
     if changed:
         raise TrainingError(f"{checkpoints.directory} holds a run with other settings ({', '.join(changed)}): "
@@ -116,12 +116,12 @@ def resume(checkpoints: Checkpoints, state: TrainState, batches, *, config: dict
     return state, latest
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """{'a.b': value} for a nested dict (lists compared as lists)."""
+def flat_config(tree: dict, prefix: str = "") -> dict:
+    """{'a.b': value} for a nested dict (tuples as lists, so a config and its YAML / JSON compare equal)."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat_config(value, f"{prefix}{key}."))
         else:
             out[prefix + key] = list(value) if isinstance(value, tuple) else value
     return out

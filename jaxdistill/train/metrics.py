@@ -16,6 +16,22 @@ from pathlib import Path
 
 import jax
 
+from jaxdistill.atomic_files import atomic_write
+
+
+def _whole_lines(path: Path) -> list[str]:
+    """The complete lines of a JSONL file (each ends with a newline and parses)."""
+    data = path.read_bytes()
+    lines = data[:data.rfind(b"\n") + 1].decode(errors="replace").splitlines()
+    out = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        out.append(line)
+    return out
+
 
 class MetricsLog:
     """Appends one JSON object per logged step to a .jsonl file (line-buffered). Only process 0
@@ -26,10 +42,10 @@ class MetricsLog:
         self.file = None
         if jax.process_index() != 0:
             return
-        if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        if self.path.exists():  # a kill can tear only the last line: it is dropped, like the steps redone
+            kept = [line for line in _whole_lines(self.path)
+                    if resume_step is not None and json.loads(line)["step"] <= resume_step]
+            atomic_write(self.path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
         self.file = open(self.path, "a", buffering=1)
 
     def write(self, record: dict) -> None:

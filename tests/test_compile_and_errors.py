@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 from jaxdistill.models import CheckpointError, ConfigError, ModelConfig, forward, init_params, load_pretrained
 
 
-def test_second_call_with_same_shapes_does_not_recompile():
+def test_second_call_with_same_shapes_does_not_recompile(no_persistent_cache):
     config = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
                          num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
     params = init_params(config, jax.random.key(0))

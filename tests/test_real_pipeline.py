@@ -105,4 +105,4 @@ def test_convert_command(teacher_gguf, tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf file")
     result = CliRunner().invoke(main, ["convert", str(bad), str(tmp_path / "x")])
-    assert result.exit_code == 1 and "bad.gguf" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "bad.gguf" in result.output and "Traceback" not in result.output

@@ -139,7 +139,8 @@ def _damage(step_dir: Path, how: str) -> None:
             p.write_text("{not json")
 
 
-@pytest.mark.parametrize("how", ["truncate", "delete", "garbage"])
+@pytest.mark.parametrize("how", ["truncate", pytest.param("delete", marks=pytest.mark.slow),
+                                 pytest.param("garbage", marks=pytest.mark.slow)])
 def test_damaged_latest_checkpoint_falls_back_to_the_intact_one(reference, cache, tmp_path, how):
     run_dir = tmp_path / "run"
     ok(invoke("run", *args(run_dir, cache, "train.checkpoint_every=1", "train.stop_at_step=3")))
@@ -198,6 +199,7 @@ def test_full_disk_during_a_checkpoint_save(reference, cache, tmp_path):
         subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
 
 
+@pytest.mark.slow
 def test_full_disk_while_writing_the_cache(reference, tmp_path):
     """cache_dir on a 300 kB tmpfs: the prepared teacher (600 kB) does not fit; one clear line, no
     temporary directory in the cache; with space again the run finishes and equals the reference."""

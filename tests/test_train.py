@@ -20,6 +20,7 @@ from jaxdistill import losses
 from jaxdistill.cli import main
 from jaxdistill.config import load_config, packaged_config
 from jaxdistill.jobs.distill import run_distill
+from jaxdistill.jobs.rundir import RunDirError
 from jaxdistill.losses import DivergenceLoss, LossConfig
 from jaxdistill.models import ModelConfig, forward, init_params, logical_axes, make_mesh, save_pretrained, shard_params
 from jaxdistill.models.structure import decay_mask
@@ -180,7 +181,7 @@ def test_resume_is_bitwise_identical(tmp_path):
     a = (tmp_path / "a" / "student" / "model.safetensors").read_bytes()
     b = (tmp_path / "b" / "student" / "model.safetensors").read_bytes()
     assert a == b
-    with pytest.raises(TrainingError, match=r"holds a run with other settings \(optimizer.learning_rate\)"):
+    with pytest.raises(RunDirError, match=r"holds a run with other settings: optimizer.learning_rate: 0.002 -> 0.01"):
         run_distill(_run(tmp_path / "b", "optimizer.learning_rate=0.01"), log=lambda m: None)
 
 

@@ -337,9 +337,11 @@ def _eval_section(name: str, evals: Mapping) -> str:
         for metric in metrics:
             cells = [_metric_cell(r, metric) for r in results]
             rows.append(f"| {suite} | {metric} | {_value(first.get('n', ''))} | " + " | ".join(cells) + " |")
-        if first.get("chance"):
-            chance.append(f"- chance on {suite}: " + ", ".join(f"{k} {_value(v)}" for k, v in first["chance"].items())
-                          + "\n")
+        given = first.get("chance")
+        if isinstance(given, Mapping) and given:
+            chance.append(f"- chance on {suite}: " + ", ".join(f"{k} {_value(v)}" for k, v in given.items()) + "\n")
+        elif isinstance(given, (int, float)):  # multiple-choice suites: one number
+            chance.append(f"- chance on {suite}: {_value(given)}\n")
     text = "## Evaluation\n\n" + "\n".join(rows) + "\n"
     if chance:
         text += "\n" + "".join(chance)

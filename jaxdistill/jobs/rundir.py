@@ -33,6 +33,12 @@ ON_CHANGE = ("refuse", "resume", "new")
 OWN_MARKERS = ("RUNNING",)  # what a sweep puts in a point's directory before the run starts
 
 
+def _own(name: str) -> bool:
+    """A file jaxdistill writes before a run claims its directory: a sweep's marker, or the temporary
+    of an atomic write (`.NAME.tmp-PID`) a kill left behind."""
+    return name in OWN_MARKERS or (name.startswith(".") and ".tmp-" in name)
+
+
 class RunDirError(ValueError):
     """A run directory that holds another run (a usage error: another run_dir, the same settings, or a
     switch)."""
@@ -90,7 +96,7 @@ def check(run: RunConfig, *, on_change: str = "refuse", log=print) -> tuple[str,
     run_dir = Path(run.run_dir)
     saved = stored_settings(run_dir)
     if saved is None:
-        foreign = [p.name for p in run_dir.iterdir() if p.name not in OWN_MARKERS] if run_dir.is_dir() else []
+        foreign = [p.name for p in run_dir.iterdir() if not _own(p.name)] if run_dir.is_dir() else []
         if foreign and on_change == "new":
             _move_aside(run_dir, "held files of no run", log)
         elif foreign:

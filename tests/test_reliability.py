@@ -278,6 +278,7 @@ def test_sigkill_at_random_points_resumes_to_the_same_student(reference, cache, 
     rng = random.Random(14)
     points = [(rng.choice(sorted(WATCH)), rng.uniform(0.0, 0.5)) for _ in range(6)]
     landed = kill_and_resume(reference, cache, tmp_path / "run", points)
+    print(f"kills landed: {landed} of {len(points)} at {points}")
     assert landed >= 3, points
 
 
@@ -292,6 +293,7 @@ def test_sigkill_while_building_the_teacher_cache_resumes_to_the_same_student(tm
     cmd = command("run", *args(run_dir, cache, *extra))
     rng = random.Random(7)
     landed = sum(kill_when(cmd, cache, "targets/*", rng.uniform(0.0, 0.2)) for _ in range(3))
+    print(f"kills landed while building the cache: {landed} of 3")
     assert landed >= 1
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
@@ -317,6 +319,7 @@ def test_sigkill_during_a_sweep_resumes_to_the_same_table(tmp_path):
     cmd, env = command("sweep", spec("b")), {**os.environ, "JAXDISTILL_CACHE": str(tmp_path / "cache-b")}
     rng = random.Random(3)
     landed = sum(kill_when(cmd, tmp_path / "b", "points/*/*", rng.uniform(0.0, 3.0), env=env) for _ in range(3))
+    print(f"kills landed in the sweep: {landed} of 3")
     assert landed >= 1
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]

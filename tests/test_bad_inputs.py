@@ -171,3 +171,23 @@ def test_one_megabyte_single_line_row_is_read_and_cut_to_max_len(tmp_path):
     assert len(data) == 21 and len(data.texts[0]) > 900_000
     examples, counts = encode_dataset(data.subset([0, 1]), load_tokenizer(None), max_len=32)
     assert len(examples) == 2 and counts["truncated_prompt"] >= 1 and len(examples[0].tokens) == 32
+
+
+def test_label_names_name_numeric_labels_in_training_and_export(tmp_path):
+    """Sentiment-style numeric labels (0, 1, 2) with data.label_names: the run teaches and exports the
+    names, never the digits."""
+    from jaxdistill.config import load_config
+    from jaxdistill.data import encode_dataset, load_tokenizer
+    from jaxdistill.jobs.evaluation import split_data, template_of
+
+    rows = "".join(f"company {i} reports quarter number {i},{i % 3}\n" for i in range(90))
+    (tmp_path / "sentiment.csv").write_text("text,label\n" + rows)
+    run = load_config(TINY, [f"data.source={tmp_path / 'sentiment.csv'}", "data.label_names=[negative,neutral,positive]",
+                             "data.subsample=null", "eval=null", f"run_dir={tmp_path / 'run'}"])
+    data, _, _ = split_data(run)
+    assert data.label_names == ["negative", "neutral", "positive"] and len(data) == 90
+    assert [data.label_names[y] for y in data.labels[:3]] == ["negative", "neutral", "positive"]
+    tokenizer = load_tokenizer(None)
+    examples, _ = encode_dataset(data.subset([1]), tokenizer, format="label", template=template_of(run))
+    answer = tokenizer.decode(examples[0].tokens[examples[0].parts == 3])
+    assert answer.startswith("neutral"), answer

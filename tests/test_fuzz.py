@@ -258,6 +258,21 @@ def _contains(actual, wanted, depth: int = 0) -> bool:
     return actual == wanted and (isinstance(actual, bool) == isinstance(wanted, bool))
 
 
+
+def _loaded_or_refused(path, overrides):
+    """The config a file + overrides give, or None when refused — and a refusal is a RunConfigError
+    with a message, never another exception."""
+    try:
+        config = load_config(path, overrides, check_paths=False)
+    except RunConfigError as err:
+        event("RunConfigError")
+        assert str(err)
+        return None
+    event(f"loaded {type(config).__name__}")
+    assert isinstance(config, (RunConfig, SmokeConfig))
+    return config
+
+
 @_settings(400)
 @given(st.one_of(st.lists(override, max_size=6), st.lists(plausible_override, max_size=5)))
 @example(["train.steps=1e3"])
@@ -272,14 +287,9 @@ def _contains(actual, wanted, depth: int = 0) -> bool:
 @example(["data.label_names=[a, a]"])
 @example(["eval=null", "train.steps=100", "teacher.model.x=&a {x: *a}"])
 def test_load_config_with_random_overrides(overrides):
-    try:
-        config = load_config(None, overrides, check_paths=False)
-    except RunConfigError as err:
-        event("RunConfigError")
-        assert str(err)
+    config = _loaded_or_refused(None, overrides)
+    if config is None:
         return
-    event(f"loaded {type(config).__name__}")
-    assert isinstance(config, (RunConfig, SmokeConfig))
     tree = to_dict(config)
     last = overrides[-1] if overrides else None
     if last is not None and not last.startswith("job="):  # the last override is what the config holds
@@ -348,14 +358,9 @@ def test_load_config_from_a_random_file(text, overrides):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "run.yaml"
         path.write_text(text, encoding="utf-8")
-        try:
-            config = load_config(path, overrides, check_paths=False)
-        except RunConfigError as err:
-            event("RunConfigError")
-            assert str(err)
-            return
-    event(f"loaded {type(config).__name__}")
-    assert isinstance(config, (RunConfig, SmokeConfig))
+        config = _loaded_or_refused(path, overrides)
+    if config is None:
+        return
     if isinstance(parsed, dict) and not overrides:  # what the file sets, the config holds
         for key, value in _flatten({k: v for k, v in parsed.items() if isinstance(k, str)}).items():
             if isinstance(value, dict) or key.split(".")[0] == "job":

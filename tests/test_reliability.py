@@ -6,6 +6,7 @@ whose exported student every interrupted run must equal bitwise."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -164,14 +165,32 @@ def test_no_intact_checkpoint_is_one_error_and_moves_nothing(cache, tmp_path):
     assert not (run_dir / "checkpoints-student.damaged").exists()
 
 
-def _mount_tmpfs(path: Path, size: int) -> bool:
+@contextlib.contextmanager
+def tmpfs(path: Path, size: int):
+    """A tmpfs of `size` bytes mounted at path for the block (the test is skipped where mounting is
+    not allowed: it needs root)."""
     path.mkdir(parents=True, exist_ok=True)
     try:
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                               capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
+        done = None
+    if done is None or done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+def full_disk_then_space(run, disk: Path) -> str:
+    """Run once on the full disk (one clear error line, exit 1), then grow the disk; the output."""
+    out = refused(run(), code=1)
+    errors = [line for line in out.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "no space left on the device" in errors[0], out
+    assert not [p for p in disk.rglob("*") if ".tmp-" in p.name or "orbax-checkpoint-tmp" in p.name]
+    subprocess.run(["mount", "-o", f"remount,size={64 << 20}", str(disk)], check=True, timeout=30)
+    return out
 
 
 def test_full_disk_during_a_checkpoint_save(reference, cache, tmp_path):
@@ -181,42 +200,24 @@ def test_full_disk_during_a_checkpoint_save(reference, cache, tmp_path):
     ok(invoke("run", *args(probe, cache, "train.stop_at_step=2")))
     used = sum(p.stat().st_size for p in probe.rglob("*") if p.is_file())
     checkpoint = sum(p.stat().st_size for p in (probe / "checkpoints-student" / "2").rglob("*") if p.is_file())
-    disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, used + checkpoint // 2):
-        pytest.skip("cannot mount a tmpfs here (needs root); the full-disk path is covered where it can")
-    try:
+    with tmpfs(tmp_path / "disk", used + checkpoint // 2) as disk:
         run_dir = disk / "run"
-        out = refused(invoke("run", *args(run_dir, cache)), code=1)
-        errors = [line for line in out.splitlines() if line.startswith("Error:")]
-        assert len(errors) == 1 and "no space left on the device" in errors[0], out
-        assert not list(run_dir.rglob("*orbax-checkpoint-tmp*"))
+        full_disk_then_space(lambda: invoke("run", *args(run_dir, cache)), disk)
         assert sorted(p.name for p in (run_dir / "checkpoints-student").iterdir()) == ["2"]
-        subprocess.run(["mount", "-o", f"remount,size={64 << 20}", str(disk)], check=True, timeout=30)
         out = ok(invoke("run", *args(run_dir, cache)))
         assert "student: resumed from step 2" in out
         assert_same_student(run_dir, reference)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
 
 
 @pytest.mark.slow
 def test_full_disk_while_writing_the_cache(reference, tmp_path):
     """cache_dir on a 300 kB tmpfs: the prepared teacher (600 kB) does not fit; one clear line, no
     temporary directory in the cache; with space again the run finishes and equals the reference."""
-    disk = tmp_path / "cache"
-    if not _mount_tmpfs(disk, 300 << 10):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "cache", 300 << 10) as disk:
         run_dir = tmp_path / "run"
-        out = refused(invoke("run", *args(run_dir, disk)), code=1)
-        errors = [line for line in out.splitlines() if line.startswith("Error:")]
-        assert len(errors) == 1 and "no space left on the device" in errors[0], out
-        assert not [p for p in disk.rglob("*") if ".tmp-" in p.name or "orbax-checkpoint-tmp" in p.name]
-        subprocess.run(["mount", "-o", f"remount,size={64 << 20}", str(disk)], check=True, timeout=30)
+        full_disk_then_space(lambda: invoke("run", *args(run_dir, disk)), disk)
         ok(invoke("run", *args(run_dir, disk)))
         assert_same_student(run_dir, reference)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
 
 
 # ----------------------------------------------------------------------------- kills

@@ -11,14 +11,20 @@ from pathlib import Path
 from typing import Any
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(target: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)`, fsync it, then rename it to `target`."""
+    """Call `write(tmp_path)`, fsync it, then rename it to `target` (with the usual permissions,
+    0666 less the umask, whatever mode the writer created it with: safetensors makes 0600 files)."""
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -72,6 +72,15 @@ def test_finished_run_rerun_prints_its_result_and_touches_nothing(reference, cac
     assert result["final"]["loss"] > 0 and result["steps"] == 4
 
 
+def test_exported_files_share_the_usual_permissions(reference):
+    """Every file of the export has the same mode, 0666 less the umask (safetensors creates 0600 files:
+    a shared export must be readable by its group)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (reference / "student").iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
 @pytest.mark.parametrize("change, listed", [
     (["loss.temperature=3"], "loss.temperature: 1.0 -> 3.0"),
     (["seed=1"], "seed: 0 -> 1"),

@@ -124,6 +124,10 @@ def _move_aside(run_dir: Path, why: str, log) -> None:
     import jax
 
     aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    for n in range(2, 1000):  # a second --force-new within the same second
+        if not aside.exists():
+            break
+        aside = aside.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
     if jax.process_index() == 0:
         run_dir.rename(aside)
         log(f"{run_dir}: {why}; moved to {aside}, starting afresh")

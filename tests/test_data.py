@@ -68,7 +68,7 @@ def test_finheadlinemix_local_parquet(tmp_path):
 
 def test_hub_unreachable_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match="hub is offline .*pass a local .parquet/.csv/.jsonl/.json path"):
+    with pytest.raises(DataError, match="hub is offline .*[Pp]ass a local .parquet/.csv/.jsonl/.json path"):
         load_source("finheadlinemix")
 
 

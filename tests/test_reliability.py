@@ -105,6 +105,25 @@ def test_resume_changed_continues_and_records_the_change(copy_of, cache):
     assert changes[-1]["changed"] == {"train.steps": [4, 6]}
 
 
+def test_interrupted_resume_changed_run_resumes_without_the_flag(copy_of, cache):
+    """--resume-changed rewrote config.yaml, then the run was stopped before a new checkpoint: the
+    same command (with or without the flag) resumes from the old checkpoint, whose saved config still
+    has the old value (run.json keeps the accepted keys)."""
+    ok(invoke("run", *args(copy_of, cache, "train.steps=6", "train.stop_at_step=5"), "--resume-changed"))
+    assert json.loads((copy_of / "run.json").read_text())["accepted"] == ["train.steps"]
+    out = ok(invoke("run", *args(copy_of, cache, "train.steps=6")))
+    assert "student: resumed from step 4" in out
+    assert json.loads((copy_of / "result.json").read_text())["steps"] == 6
+
+
+def test_force_new_with_a_failing_check_moves_nothing(copy_of, cache, tmp_path):
+    (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
+    before = snapshot(copy_of)
+    refused(invoke("run", *args(copy_of, cache, f"data.source={tmp_path / 'bad.csv'}"), "--force-new"))
+    assert snapshot(copy_of) == before
+    assert not [p for p in copy_of.parent.iterdir() if ".replaced-" in p.name]
+
+
 def test_force_new_moves_the_old_run_aside(copy_of, cache):
     old = (copy_of / "result.json").read_bytes()
     out = ok(invoke("run", *args(copy_of, cache, "loss.temperature=3"), "--force-new"))

@@ -161,18 +161,18 @@ def load_source(name: str = "finance_topic", *, split: str = "train", text_colum
     if not _hub_id(name):
         raise DataError(f"data.source={name!r} is neither a local file (.parquet/.csv/.jsonl/.json; none at "
                         f"{path.absolute()}), nor finance_topic / finheadlinemix, nor a hub dataset id (org/name)")
-    from jaxdistill.models.sources import hub_unavailable
-
-    if (why := hub_unavailable(None)) is not None:
-        raise DataError(f"data.source={name!r} is not a local file, and the Hugging Face hub is {why}: pass a local "
-                        ".parquet/.csv/.jsonl/.json path, or the shipped finance_topic")
-    try:
+    try:  # the hub, or the local datasets cache (an offline node with the dataset cached works)
         import datasets
 
         table = datasets.load_dataset(name, split=split).to_pandas()
-    except Exception as err:  # the hub is unreachable, or the id is wrong
-        raise DataError(f"could not load {name!r} (split {split!r}) with datasets.load_dataset: {err}. "
-                        "Pass a local .parquet/.csv/.jsonl path instead when the hub is unreachable.") from err
+    except Exception as err:  # noqa: BLE001 — the hub is unreachable, the id is wrong, no cached copy
+        from jaxdistill.models.sources import hub_unavailable
+
+        why = hub_unavailable(None)
+        where = f"the Hugging Face hub is {why} and no cached copy was found" if why else str(err).splitlines()[0]
+        raise DataError(f"data.source={name!r} (split {split!r}) is not a local file and could not be loaded with "
+                        f"datasets.load_dataset: {where}. Pass a local .parquet/.csv/.jsonl/.json path, or the "
+                        "shipped finance_topic") from err
     return from_table(table, text_column=text_column, label_column=label_column,
                       rationale_column=rationale_column, label_names=label_names, where=name)
 

@@ -37,7 +37,7 @@ from jaxdistill.atomic_files import write_json
 from jaxdistill.config import RunConfig, RunConfigError
 from jaxdistill.data import TargetSettings, build_teacher_cache, encode_dataset
 from jaxdistill.jobs import rundir
-from jaxdistill.jobs.export import check_prompt, documented_prompt, export_model
+from jaxdistill.jobs.export import ExportError, check_prompt, documented_prompt, export_model
 from jaxdistill.jobs.evaluation import (check_encoding, evaluate_model, guard_dropped, pruned_only, report,
                                          split_data, suites_of, template_of)
 from jaxdistill.jobs.phases import batches, calibration_batches, pruning_hooks, run_phase
@@ -146,7 +146,8 @@ def run_distill(run: RunConfig, log=print, *, on_change: str = "refuse") -> dict
     """The distill job (see the module docstring); returns the result (also written to result.json).
     `on_change`: what to do with a run_dir that holds other settings (`jobs.rundir`: refuse | resume
     | new)."""
-    accepted = rundir.check(run, on_change=on_change, log=log)
+    plan = rundir.check(run, on_change=on_change, log=log)
+    accepted = plan.accepted
     if (stored := finished_result(run)) is not None:
         show_stored(run, stored, log)
         return stored
@@ -164,11 +165,20 @@ def run_distill(run: RunConfig, log=print, *, on_change: str = "refuse") -> dict
         check_pretrained(run.student.path)
     data, held_out, ids, teacher_data = split_data(run, teacher=True)
     check_encoding(run, data, tokenizer, template)
-    check_prompt(tokenizer, template, data.label_names, documented_prompt(tokenizer, template, data.label_names))
+    try:  # the model card documents the prompt as a string: said now if this tokenizer cannot read it back
+        check_prompt(tokenizer, template, data.label_names, documented_prompt(tokenizer, template, data.label_names))
+        exact_prompt = True
+    except ExportError as err:
+        log(f"warning: {err}; the exported model card will give the prompt as token ids instead")
+        exact_prompt = False
     run_dir = Path(run.run_dir)  # every check that needs no computation passed: the run dir is made now
     if jax.process_index() == 0:
-        rundir.claim(run)
+        rundir.claim(run, plan, log)
         write_json(run_dir / "split.json", ids)
+    if jax.process_count() > 1:  # every process sees the claimed directory (moved aside first) before using it
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxdistill-claim")
     result, student_data = {"teacher": {**source}}, data
     reused = result["reused"] = {}
     if run.data.format != "label" and data.rationales is None:
@@ -243,7 +253,8 @@ def run_distill(run: RunConfig, log=print, *, on_change: str = "refuse") -> dict
         report(evals, log)
     with timer("export"):  # every process calls it; process 0 writes
         export_model(run_dir / "student", small_config, small, tokenizer, label_names=data.label_names,
-                     template=template, data_format=run.data.format, max_len=run.data.max_len, card={
+                     template=template, data_format=run.data.format, max_len=run.data.max_len,
+                     strict_prompt=exact_prompt, card={
                          "name": f"student distilled by jaxdistill ({run.run_dir})", "teacher": result["teacher"],
                          "compression": {k: result[k] for k in ("compression_ratio", "student_params",
                                                                 "teacher_params")},

@@ -121,7 +121,7 @@ def _check_arguments(label_names, template, data_format, card, max_len) -> None:
 
 def export_model(out_dir: str | os.PathLike, config: ModelConfig, params, tokenizer, *,
                  label_names: Sequence[str], template: Template, data_format: str,
-                 card: Mapping | None = None, max_len: int = 128) -> Path:
+                 card: Mapping | None = None, max_len: int = 128, strict_prompt: bool = True) -> Path:
     """Write the self-contained export of the module docstring to `out_dir` and return its path.
 
     label_names: the class names in label-id order. template / data_format: how the model was trained
@@ -135,7 +135,13 @@ def export_model(out_dir: str | os.PathLike, config: ModelConfig, params, tokeni
     _check_arguments(label_names, template, data_format, card, max_len)
     label_names = [str(n) for n in label_names]
     prompt = documented_prompt(tokenizer, template, label_names)
-    check_prompt(tokenizer, template, label_names, prompt)
+    try:
+        check_prompt(tokenizer, template, label_names, prompt)
+        mismatch = None
+    except ExportError as err:  # strict_prompt=False: exported anyway, the card says how to build the ids
+        if strict_prompt:
+            raise
+        mismatch = str(err)
     ids = special_token_ids(config, tokenizer)
     config = config.replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in ids.items()})
     budget = generation_budget(tokenizer, template, label_names, data_format, max_len)
@@ -147,6 +153,10 @@ def export_model(out_dir: str | os.PathLike, config: ModelConfig, params, tokeni
     write_generation_config(path, ids, budget)
     readme = model_card(path, config, tokenizer, label_names=label_names, template=template,
                         data_format=data_format, prompt=prompt, ids=ids, max_new_tokens=budget, card=card)
+    if mismatch is not None:
+        readme = readme.replace("## Answer", f"**Note.** {mismatch}. Build the input ids as "
+                                "`[tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False).input_ids`, "
+                                "`text` being the prompt without its leading BOS token.\n\n## Answer", 1)
     atomic_write(path / "README.md", lambda tmp: tmp.write_text(readme))
     hf_config = json.loads((path / "config.json").read_text())
     hf_config["id2label"] = {str(i): name for i, name in enumerate(label_names)}

@@ -17,6 +17,7 @@ process) never are.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -87,10 +88,19 @@ def stored_settings(run_dir: Path) -> dict[str, Any] | None:
     return {k: v for k, v in flat_config(tree).items() if k not in NOT_SETTINGS}
 
 
-def check(run: RunConfig, *, on_change: str = "refuse", log=print) -> tuple[str, ...]:
-    """Before any work: whether `run` may use its run_dir. Returns the keys whose differences are
-    accepted (a key a newer version added, or every changed key with on_change="resume"), for the
-    checkpoints' own comparison; raises `RunDirError` for a directory of another run."""
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What `check` decided: the keys a checkpoint's saved config may differ in (added by a newer
+    version, or changed with --resume-changed, now or in an earlier run of this directory), and why
+    the directory is to be moved aside first (--force-new; done by `claim`, after every check passed)."""
+
+    accepted: tuple[str, ...] = ()
+    move_aside: str | None = None
+
+
+def check(run: RunConfig, *, on_change: str = "refuse", log=print) -> Plan:
+    """Before any work: whether `run` may use its run_dir (read only: nothing is moved or written
+    here). Raises `RunDirError` for a directory of another run."""
     if on_change not in ON_CHANGE:
         raise ValueError(f"on_change={on_change!r}; valid: {', '.join(ON_CHANGE)}")
     run_dir = Path(run.run_dir)
@@ -98,57 +108,60 @@ def check(run: RunConfig, *, on_change: str = "refuse", log=print) -> tuple[str,
     if saved is None:
         foreign = [p.name for p in run_dir.iterdir() if not _own(p.name)] if run_dir.is_dir() else []
         if foreign and on_change == "new":
-            _move_aside(run_dir, "held files of no run", log)
-        elif foreign:
+            return Plan(move_aside="held files of no run")
+        if foreign:
             raise RunDirError(f"run_dir {run_dir} exists, is not empty and holds no run (no config.yaml): use another "
                               "run_dir, or --force-new to move it aside")
-        return ()
+        return Plan()
     current = settings(run)
+    before = tuple(_record(run_dir).get("accepted", ()))  # accepted by an earlier (maybe interrupted) run
     new_keys = tuple(k for k in current if k not in saved)
     changed = differences(saved, current, settings(RunConfig()))
     if not changed:
-        return new_keys
+        return Plan(accepted=tuple(dict.fromkeys((*before, *new_keys))))
     if on_change == "new":
-        _move_aside(run_dir, "held a run with other settings", log)
-        return ()
+        return Plan(move_aside="held a run with other settings")
     if on_change == "refuse":
         raise RunDirError(f"run_dir {run_dir} holds a run with other settings: {describe(changed)}. Use another "
                           "run_dir, the same settings to resume it, --resume-changed to continue it with the new "
                           "settings, or --force-new to move it aside and start afresh")
     log(f"{run_dir}: continuing with changed settings ({describe(changed)})")
-    return (*new_keys, *changed)
+    return Plan(accepted=tuple(dict.fromkeys((*before, *new_keys, *changed))))
+
+
+def _record(run_dir: Path) -> dict:
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _move_aside(run_dir: Path, why: str, log) -> None:
-    """--force-new: rename run_dir to RUN_DIR.replaced-<time> (process 0; the others wait for it)."""
-    import jax
-
+    """--force-new: rename run_dir to RUN_DIR.replaced-<time> (never deleted)."""
     aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
     for n in range(2, 1000):  # a second --force-new within the same second
         if not aside.exists():
             break
         aside = aside.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
-    if jax.process_index() == 0:
-        run_dir.rename(aside)
-        log(f"{run_dir}: {why}; moved to {aside}, starting afresh")
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("jaxdistill-force-new")
+    run_dir.rename(aside)
+    log(f"{run_dir}: {why}; moved to {aside}, starting afresh")
 
 
-def claim(run: RunConfig) -> None:
-    """Create run_dir and record the config it belongs to (config.yaml, run.json), atomically; an
-    accepted change is appended to run.json's history."""
+def claim(run: RunConfig, plan: Plan = Plan(), log=print) -> None:
+    """After every check passed: move the old directory aside if the plan says so (--force-new), then
+    create run_dir and record the config it belongs to (config.yaml, run.json), atomically; an
+    accepted change is appended to run.json's history and its keys stay accepted for later resumes.
+    Process 0 only (the caller's)."""
     from jaxdistill import __version__
 
     run_dir = Path(run.run_dir)
+    if plan.move_aside:
+        _move_aside(run_dir, plan.move_aside, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     record_file = run_dir / "run.json"
-    try:
-        record = json.loads(record_file.read_text())
-    except (OSError, ValueError):
-        record = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": []}
+    record = _record(run_dir) or {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": []}
+    record["accepted"] = sorted(set(record.get("accepted", ())) | set(plan.accepted))
     current = settings(run)
     old = stored_settings(run_dir)
     changed = differences(old, current, settings(RunConfig())) if old else {}

@@ -154,7 +154,7 @@ def _store(config, params, prepared: Path, record: dict, *, tokenizer, label_nam
     tmp = prepared.with_name(f".{prepared.name}.tmp-{os.getpid()}")
     try:
         export_model(tmp, config, params, tokenizer, label_names=label_names, template=template, data_format="label",
-                     max_len=max_len, card={"name": "teacher (fine-tuned by jaxdistill)",
+                     max_len=max_len, strict_prompt=False, card={"name": "teacher (fine-tuned by jaxdistill)",
                                             "teacher": {"source": record["source"]},
                                             "training": {k: record[k] for k in ("steps", "examples", "final")}})
         if jax.process_index() != 0:

@@ -104,14 +104,14 @@ def resume(checkpoints: Checkpoints, state: TrainState, batches, *, config: dict
         raise TrainingError(f"no checkpoint in {checkpoints.directory} can be restored ("
                             + "; ".join(f"step {s}: {why}" for s, why in damaged)
                             + "): move the directory away to start this phase afresh")
+    saved, config = flat_config(saved), flat_config(config)
+    changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
+    if changed:  # refused before anything is moved
+        raise TrainingError(f"{checkpoints.directory} holds a run with other settings ({', '.join(changed)}): "
+                            "use another run_dir, or the same settings to resume")
     for step, _ in damaged:
         log(f"warning: resuming from step {latest}; the damaged step {step} is moved to {checkpoints.quarantine(step)}")
     state = restored
-    saved, config = flat_config(saved), flat_config(config)
-    changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
-    if changed:
-        raise TrainingError(f"{checkpoints.directory} holds a run with other settings ({', '.join(changed)}): "
-                            "use another run_dir, or the same settings to resume")
     batches.restore(data_state)
     return state, latest
 

@@ -52,3 +52,23 @@ def no_space(err: BaseException | None) -> OSError | None:
             return OSError(errno.ENOSPC, "No space left on device")
         err = err.__cause__ or err.__context__
     return None
+
+
+def jsonl_records(path: str | os.PathLike) -> list[dict]:
+    """The records of an append-only JSONL file whose every record is one line written with its
+    newline. A kill can tear only the last line: the text after the last newline is cut off the file
+    (so the next append starts a line of its own). A bad line before it is a `ValueError` naming it."""
+    path = Path(path)
+    data = path.read_bytes()
+    complete = data[:data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(len(complete))
+    records = []
+    for n, line in enumerate(complete.decode(errors="replace").splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as err:
+                raise ValueError(f"{path}:{n}: not a JSON record ({err})") from err
+    return records

@@ -12,7 +12,7 @@ import statistics
 import time
 from pathlib import Path
 
-from jaxdistill.atomic_files import atomic_write
+from jaxdistill.atomic_files import jsonl_records
 from jaxdistill.data.sources import ClassificationData, DataError
 from jaxdistill.models import ModelConfig
 from jaxdistill.models.transformer import Params
@@ -121,20 +121,10 @@ def _read_partial(partial: Path, data: ClassificationData, provenance: dict) -> 
     line (a crash mid-write) is dropped from the file."""
     if not partial.exists():
         return set()
-    raw = partial.read_text()
-    lines = raw.splitlines()
-    records, good = [], []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-            good.append(line)
-        except json.JSONDecodeError as err:
-            if n == len(lines) and not raw.endswith("\n"):
-                atomic_write(partial, lambda tmp: tmp.write_text("".join(g + "\n" for g in good)))
-                break
-            raise DataError(f"{partial}:{n}: not a JSON object ({err})") from err
+    try:
+        records = jsonl_records(partial)
+    except ValueError as err:
+        raise DataError(str(err)) from err
     for r in records:
         for key, value in provenance.items():
             if key in r and r[key] != value:

@@ -23,6 +23,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from jaxdistill.atomic_files import jsonl_records
 from jaxdistill.data.formats import Template, parse_answer, prompt_text
 from jaxdistill.data.sources import ClassificationData, DataError
 from jaxdistill.models import ModelConfig
@@ -71,7 +72,7 @@ def generate_traces(config: ModelConfig, params: Params, tokenizer, data: Classi
     partial = path.with_name(path.name + ".partial")
     done_ids = set()
     if partial.exists():
-        done_ids = {record["id"] for record in _complete_lines(partial)}
+        done_ids = {record["id"] for record in jsonl_records(partial)}
     provenance = {"teacher": teacher_id, "sampling": dataclasses.asdict(settings)}
     counts = {"generated": 0, "skipped_done": len(done_ids), "unparsable": 0}
     todo = [i for i in range(len(data)) if i not in done_ids]
@@ -94,17 +95,6 @@ def generate_traces(config: ModelConfig, params: Params, tokenizer, data: Classi
             out.flush()
     partial.replace(path)
     return counts
-
-
-def _complete_lines(partial: Path) -> list[dict]:
-    """The records of a `.partial` file. A kill can tear only its last line (each record is one
-    appended line): that tail is cut off, so the appends that follow start on a line of their own."""
-    data = partial.read_bytes()
-    complete = data[:data.rfind(b"\n") + 1]
-    if len(complete) < len(data):
-        with open(partial, "r+b") as f:
-            f.truncate(len(complete))
-    return [json.loads(line) for line in complete.decode().splitlines() if line.strip()]
 
 
 def attach_traces(data: ClassificationData, records: list[dict], *, policy: str = "drop",

@@ -111,7 +111,7 @@ def finished_result(run: RunConfig) -> dict | None:
         saved = rundir.stored_settings(run_dir)
     except (OSError, ValueError):
         return None
-    if saved is None or rundir.differences(saved, rundir.settings(run), rundir.settings(RunConfig())):
+    if saved is None or rundir.differences(saved, rundir.settings(run), rundir.default_settings()):
         return None
     return result if "wall_s" in result and result.get("steps") == run.train.steps else None
 

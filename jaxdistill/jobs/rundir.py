@@ -18,6 +18,7 @@ process) never are.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -50,8 +51,15 @@ def settings(run: RunConfig) -> dict[str, Any]:
     return {k: v for k, v in flat_config(to_dict(run)).items() if k not in NOT_SETTINGS}
 
 
-def fingerprint(values: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+@functools.cache
+def default_settings() -> dict[str, Any]:
+    """The settings of the default config (what a key a newer version added is compared with)."""
+    return settings(RunConfig())
+
+
+def fingerprint(obj) -> str:
+    """A short stable hash of JSON-able data (a run's settings, a cache key's parts)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]) -> dict[str, tuple]:
@@ -116,7 +124,7 @@ def check(run: RunConfig, *, on_change: str = "refuse", log=print) -> Plan:
     current = settings(run)
     before = tuple(_record(run_dir).get("accepted", ()))  # accepted by an earlier (maybe interrupted) run
     new_keys = tuple(k for k in current if k not in saved)
-    changed = differences(saved, current, settings(RunConfig()))
+    changed = differences(saved, current, default_settings())
     if not changed:
         return Plan(accepted=tuple(dict.fromkeys((*before, *new_keys))))
     if on_change == "new":
@@ -164,7 +172,7 @@ def claim(run: RunConfig, plan: Plan = Plan(), log=print) -> None:
     record["accepted"] = sorted(set(record.get("accepted", ())) | set(plan.accepted))
     current = settings(run)
     old = stored_settings(run_dir)
-    changed = differences(old, current, settings(RunConfig())) if old else {}
+    changed = differences(old, current, default_settings()) if old else {}
     if changed:
         record.setdefault("changes", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                  "changed": {k: [o, n] for k, (o, n) in changed.items()}})

@@ -18,7 +18,6 @@ The cache dir is `cache_dir`, else $JAXDISTILL_CACHE, else ~/.cache/jaxdistill.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from jaxdistill.data import (ClassificationData, attach_traces, encode_dataset, 
 from jaxdistill.data.rationales import RATIONALE_PROMPT
 from jaxdistill.jobs.export import export_model
 from jaxdistill.jobs.phases import batches, run_phase
+from jaxdistill.jobs.rundir import fingerprint
 from jaxdistill.losses import CrossEntropyLoss
 from jaxdistill.models import ModelConfig, init_params, load_pretrained, logical_axes, shard_params
 from jaxdistill.models.hf import check_pretrained
@@ -43,10 +43,6 @@ from jaxdistill.train import StepConfig, TrainingError, init_state
 
 def cache_root(run: RunConfig) -> Path:
     return Path(run.cache_dir).expanduser() if run.cache_dir else default_cache_dir()
-
-
-def fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def resolve_teacher(run: RunConfig, log) -> tuple[Path | None, dict]:

@@ -29,13 +29,13 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
-from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from jaxdistill.atomic_files import atomic_write, write_json
 from jaxdistill.models import sharding as sharding_lib
 from jaxdistill.models import structure
 from jaxdistill.models.config import ModelConfig
+from jaxdistill.models.safetensors_files import CheckpointError, Reader, checkpoint_files
 from jaxdistill.models.transformer import Params, abstract_params, logical_axes
 
 _GLOBAL_NAMES = {
@@ -56,10 +56,6 @@ _LAYER_NAMES = {
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 _DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that does not hold what its config.json describes."""
 
 
 @dataclass(frozen=True)
@@ -135,70 +131,7 @@ def read_config(path: str | os.PathLike, **overrides) -> ModelConfig:
     return ModelConfig.from_hf_dict(hf, **overrides)
 
 
-def _checkpoint_files(path: Path) -> dict[str, Path]:
-    """Tensor name -> safetensors file, from the index when there is one, else from the headers."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return {name: path / file for name, file in weight_map.items()}
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
-        hint = (f"; {', '.join(pickled)} {'is' if len(pickled) == 1 else 'are'} never loaded: pickle files can run "
-                "code. Convert to safetensors (transformers: save_pretrained(..., safe_serialization=True))"
-                if pickled else "")
-        raise CheckpointError(f"{path}: no *.safetensors files (and no model.safetensors.index.json){hint}")
-    names = {}
-    for file in files:
-        with _opened(file) as f:
-            names.update({name: file for name in f.keys()})
-    return names
-
-
-@contextlib.contextmanager
-def _opened(file: Path):
-    """safe_open, with a file that is not a complete safetensors file as a `CheckpointError` (safetensors
-    reads only its JSON header and raw tensor bytes: never code)."""
-    try:
-        handle = safe_open(file, framework="numpy")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{file}: not a complete safetensors file ({err}); re-download or re-export it") from err
-    with handle as f:
-        yield f
-
-
-class _Reader:
-    """Open safetensors handles, one per file, reading single tensors on demand (memory-mapped)."""
-
-    def __init__(self, files: dict[str, Path], stack: contextlib.ExitStack):
-        self.files = files
-        self.handles = {file: stack.enter_context(_opened(file)) for file in sorted(set(files.values()))}
-
-    def _resolve(self, name):
-        """The stored name: as given, or without the `model.` prefix (a base-model checkpoint)."""
-        if name not in self.files and name.startswith("model."):
-            return name.removeprefix("model.")
-        return name
-
-    def __contains__(self, name):
-        return self._resolve(name) in self.files
-
-    def _slice(self, name):
-        name = self._resolve(name)
-        return self.handles[self.files[name]].get_slice(name)
-
-    def shape(self, name) -> tuple[int, ...]:
-        return tuple(self._slice(name).get_shape())
-
-    def dtype(self, name) -> str:
-        return self._slice(name).get_dtype()
-
-    def read(self, name) -> np.ndarray:
-        name = self._resolve(name)
-        return self.handles[self.files[name]].get_tensor(name)
-
-
-def _check_tensors(specs: list[TensorSpec], reader: _Reader, config: ModelConfig, path: Path):
+def _check_tensors(specs: list[TensorSpec], reader: Reader, config: ModelConfig, path: Path):
     for spec in specs:
         for name in spec.hf_names(config.num_layers):
             if name not in reader:
@@ -214,7 +147,7 @@ def _check_tensors(specs: list[TensorSpec], reader: _Reader, config: ModelConfig
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
-def _check_dtypes(reader: _Reader, config: ModelConfig, path: Path) -> None:
+def _check_dtypes(reader: Reader, config: ModelConfig, path: Path) -> None:
     """Every weight a safetensors checkpoint holds for the model is a float tensor."""
     for spec in tensor_specs(config):
         for name in spec.hf_names(config.num_layers):
@@ -230,13 +163,13 @@ def check_pretrained(path: str | os.PathLike) -> ModelConfig:
     path = Path(path)
     config = read_config(path)
     with contextlib.ExitStack() as stack:
-        reader = _Reader(_checkpoint_files(path), stack)
+        reader = Reader(checkpoint_files(path), stack)
         _check_tensors(tensor_specs(config), reader, config, path)
         _check_dtypes(reader, config, path)
     return config
 
 
-def _place(spec: TensorSpec, reader: _Reader, sharding, dtype, num_layers: int) -> jax.Array:
+def _place(spec: TensorSpec, reader: Reader, sharding, dtype, num_layers: int) -> jax.Array:
     """Build one parameter directly in its sharded placement, reading each source tensor once.
 
     sharding None: one host buffer, put uncommitted on the default device (as `init_params` does)."""
@@ -281,7 +214,7 @@ def load_pretrained(path: str | os.PathLike, *, mesh: Mesh | None = None, dtype=
         return load_gguf(path, mesh=mesh, dtype=dtype, compute_dtype=compute_dtype, rules=rules)
     config = read_config(path)
     with contextlib.ExitStack() as stack:
-        reader = _Reader(_checkpoint_files(path), stack)
+        reader = Reader(checkpoint_files(path), stack)
         _check_dtypes(reader, config, path)
         return load_tensors(config, reader, path, mesh=mesh, dtype=dtype, compute_dtype=compute_dtype,
                             rules=rules)

@@ -16,21 +16,7 @@ from pathlib import Path
 
 import jax
 
-from jaxdistill.atomic_files import atomic_write
-
-
-def _whole_lines(path: Path) -> list[str]:
-    """The complete lines of a JSONL file (each ends with a newline and parses)."""
-    data = path.read_bytes()
-    lines = data[:data.rfind(b"\n") + 1].decode(errors="replace").splitlines()
-    out = []
-    for line in lines:
-        try:
-            json.loads(line)
-        except ValueError:
-            continue
-        out.append(line)
-    return out
+from jaxdistill.atomic_files import atomic_write, jsonl_records
 
 
 class MetricsLog:
@@ -43,9 +29,9 @@ class MetricsLog:
         if jax.process_index() != 0:
             return
         if self.path.exists():  # a kill can tear only the last line: it is dropped, like the steps redone
-            kept = [line for line in _whole_lines(self.path)
-                    if resume_step is not None and json.loads(line)["step"] <= resume_step]
-            atomic_write(self.path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
+            kept = [r for r in jsonl_records(self.path) if resume_step is not None and r["step"] <= resume_step]
+            atomic_write(self.path, lambda tmp: tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n"
+                                                                       for r in kept)))
         self.file = open(self.path, "a", buffering=1)
 
     def write(self, record: dict) -> None:

@@ -214,3 +214,32 @@ def test_hand_written_logit_gradients_equal_autodiff_with_inf_teacher_entries():
         ref_grad = jax.grad(lambda z: jnp.sum(L.cross_entropy_per_token(z, labels, label_smoothing=eps)))(s)
         np.testing.assert_allclose(term, ref, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tau, dtype", [(3.0, jnp.float32), (3.0, jnp.bfloat16), (0.5, jnp.bfloat16)])
+def test_fused_forward_kl_folds_the_temperature_into_hidden_states(tau, dtype):
+    """Forward KL against a live teacher runs with 1/tau folded into the hidden states (`fused.
+    _scaled_chunk_value_and_grads`) where that rounds no worse than scaling the logits — fp32, or a
+    power-of-two 1/tau — and the unfolded hand-written path otherwise (bf16 at tau = 3): both equal
+    the unfused computation."""
+    loss = L.divergence_loss("forward_kl", temperature=tau, scale_by_t2=True)
+    x = _inputs(5, dtype)
+    _assert_close(*_both(loss, x, _tokens(x, "weights"), chunk_size=8), rtol=1e-5 if dtype == jnp.float32 else 2e-2)
+
+
+def test_scaled_forward_kl_equals_float64():
+    """`analytic.scaled_forward_kl_and_grad` (logits pre-divided by tau, a finite teacher) against
+    numpy float64: KL(p_T || p_S) per row and its gradient softmax(z) - p_T, close and far apart."""
+    from jaxdistill.losses.analytic import scaled_forward_kl_and_grad
+
+    rng = np.random.default_rng(7)
+    for spread, gap in ((3.0, 1.0), (0.5, 0.01)):
+        t = rng.normal(0, spread, (8, 300))
+        z = t + rng.normal(0, gap, t.shape)
+        log_p = lambda x: x - x.max(-1, keepdims=True) - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        p_t = np.exp(log_p(t))
+        want = (p_t * (log_p(t) - log_p(z))).sum(-1)
+        term, grad = scaled_forward_kl_and_grad(jnp.asarray(z, jnp.float32), jnp.asarray(t, jnp.float32))
+        # fp32 inputs carry ~1e-7 relative error in logits of size ~spread: the KL is exact to that
+        np.testing.assert_allclose(np.asarray(term, np.float64), want, rtol=1e-4, atol=4e-7 * (spread + np.log(300)))
+        np.testing.assert_allclose(np.asarray(grad, np.float64), np.exp(log_p(z)) - p_t, atol=1e-6)

@@ -82,7 +82,9 @@ def test_step_equals_plain_step(loss, switch):
     batch = _batch()
     value, norm, updated, mu = _reference(c, params, teacher, batch)
     state, metrics = make_train_step(c)(init_state(c, params, key), teacher, {k: jnp.asarray(v) for k, v in batch.items()})
-    np.testing.assert_allclose(float(metrics["loss"]), float(value), rtol=2e-5)
+    # a KL near 0 (random init) is a difference of per-token terms of size ~log V: fp32 leaves an
+    # absolute error of a few eps * log V whatever the order of the sums, so rtol alone cannot hold
+    np.testing.assert_allclose(float(metrics["loss"]), float(value), rtol=2e-5, atol=4 * 1.2e-7 * np.log(96))
     np.testing.assert_allclose(float(metrics["grad_norm"]), float(norm), rtol=1e-4)
     assert float(metrics.get("dropped_tokens", 0.0)) == 0.0
     # Adam's first moment after one step is (1 - b1) x the (clipped) gradient: every gradient entry

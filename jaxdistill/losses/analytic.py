@@ -8,7 +8,10 @@
 A chunk of the fused loss (`fused._scan_value_and_grads`) then needs one pass over its [C, V] logits per
 softmax and one for the gradient, instead of autodiff's saved intermediates and select passes; the
 value is the same as `divergences` computes (teacher -inf entries are p_T = 0; a row without a finite
-teacher entry is uniform, as in `divergences.teacher_rows`). Tested against autodiff of the reference
+teacher entry is uniform, as in `divergences.teacher_rows`). `scaled_forward_kl_and_grad` is the
+forward KL the fused head uses against a live teacher: its logits come pre-divided by tau (1 / tau
+folded into the [C, d] hidden states, not a pass over [C, V]) and the teacher's are finite, so no
+-inf handling runs. Tested against autodiff of the reference
 terms (`tests/test_fused_loss.py`).
 """
 
@@ -24,6 +27,12 @@ def _log_softmax(z: Array) -> Array:
     m = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
     shifted = z - m
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+
+
+def _max_and_lse(z: Array) -> tuple[Array, Array]:
+    """(m, log sum_v exp(z_v - m)), m the row max, both [..., 1] (no [..., V] array is kept)."""
+    m = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    return m, jnp.log(jnp.sum(jnp.exp(z - m), axis=-1, keepdims=True))
 
 
 def cross_entropy_and_grad(logits: Array, labels: Array, label_smoothing: float = 0.0) -> tuple[Array, Array]:
@@ -48,6 +57,21 @@ def forward_kl_and_grad(logits: Array, teacher_logits: Array, temperature: float
     log_s = _log_softmax(to_f32(logits) / temperature)
     term = jnp.sum(jnp.where(p_t > 0, p_t * (log_t - log_s), 0.0), axis=-1)
     return term, (jnp.exp(log_s) - p_t) / temperature
+
+
+def scaled_forward_kl_and_grad(scaled_logits: Array, scaled_teacher: Array) -> tuple[Array, Array]:
+    """`forward_kl_and_grad` at temperature tau for logits already divided by tau (z / tau, t / tau:
+    the fused head folds 1 / tau into its hidden states) and a finite teacher (logits from a matmul,
+    no -inf entries): (per-position KL [...], its gradient w.r.t. z / tau, i.e. softmax(z / tau) - p_T).
+    One max, one exp-sum per side and one gradient pass; no select passes."""
+    t, z = to_f32(scaled_teacher), to_f32(scaled_logits)
+    (m_t, lse_t), (m_s, lse_s) = _max_and_lse(t), _max_and_lse(z)
+    p_t = jnp.exp((t - m_t) - lse_t)
+    # log p_T - log p_S = (t - z) - (m_T - m_S) - (lse_T - lse_S), each difference taken first (as
+    # exact as fp32 allows when teacher and student are close); neither log p_T nor log p_S is
+    # written out as a [..., V] array
+    term = jnp.sum(p_t * ((t - z) - ((m_t - m_s) + (lse_t - lse_s))), axis=-1)
+    return term, jnp.exp((z - m_s) - lse_s) - p_t
 
 
 def combine_grads(grads: dict[str, Array], coefs: dict[str, Array]) -> Array:

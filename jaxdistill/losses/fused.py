@@ -49,6 +49,8 @@ def _chunk_loss(loss: TokenLoss, h, w, rows: dict[str, Any], w_teacher) -> tuple
 def _chunk_value_and_grads(loss: TokenLoss, h, w, rows: dict[str, Any], w_teacher):
     """(value, metrics, dh, dw) of one chunk from the loss's hand-written logit gradients
     (`TokenLoss.terms_and_grads`, see `analytic`), or None where it has none (autodiff then)."""
+    if loss.scaled is not None and "hidden" in rows["teacher"] and _exact_scale(loss.scaled[0], h.dtype):
+        return _scaled_chunk_value_and_grads(loss, h, w, rows, w_teacher)
     if loss.terms_and_grads is None:
         return None
     logits = jnp.einsum("nd,dv->nv", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
@@ -64,6 +66,31 @@ def _chunk_value_and_grads(loss: TokenLoss, h, w, rows: dict[str, Any], w_teache
     dlogits = combine_grads(grads, rows["coef"].loss).astype(h.dtype)
     dh = jnp.einsum("nv,dv->nd", dlogits, w.astype(h.dtype), preferred_element_type=jnp.float32)
     dw = jnp.einsum("nd,nv->dv", h, dlogits, preferred_element_type=jnp.float32)
+    return value, metrics, dh.astype(h.dtype), dw
+
+
+def _exact_scale(scale: float, dtype) -> bool:
+    """Folding `scale` into hidden states of `dtype` rounds like the logits' own fp32 scaling: fp32
+    (one extra rounding at 2^-24) or a power-of-two scale (exact in any float format)."""
+    return jnp.dtype(dtype) == jnp.float32 or math.frexp(scale)[0] == 0.5
+
+
+def _scaled_chunk_value_and_grads(loss: TokenLoss, h, w, rows: dict[str, Any], w_teacher):
+    """`_chunk_value_and_grads` for a loss that reads only s * logits (`TokenLoss.scaled`: forward KL
+    at temperature 1/s) against a live teacher: s is folded into the [C, d] hidden states, so no
+    [C, V] pass scales logits, and the teacher's logits (a matmul of finite values) need no -inf
+    handling. With u = s h: z_s = u W, dW = u^T dz_s, dh = s dz_s W^T."""
+    scale, terms_and_grads = loss.scaled
+    u = (h * scale).astype(h.dtype)
+    h_t = rows["teacher"]["hidden"]
+    logits = jnp.einsum("nd,dv->nv", u, w.astype(h.dtype), preferred_element_type=jnp.float32)
+    teacher = jnp.einsum("nd,dv->nv", (h_t * scale).astype(h_t.dtype), w_teacher.astype(h_t.dtype),
+                         preferred_element_type=jnp.float32)
+    terms, grads = terms_and_grads(logits, teacher, rows["tok"])
+    value, metrics = combine_terms(terms, rows["coef"])
+    dlogits = combine_grads(grads, rows["coef"].loss).astype(h.dtype)
+    dh = scale * jnp.einsum("nv,dv->nd", dlogits, w.astype(h.dtype), preferred_element_type=jnp.float32)
+    dw = jnp.einsum("nd,nv->dv", u, dlogits, preferred_element_type=jnp.float32)
     return value, metrics, dh.astype(h.dtype), dw
 
 

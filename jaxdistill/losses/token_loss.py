@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jaxdistill.losses.divergences import (Array, LossInputError, check_divergence, check_label_smoothing,
                                            check_token_array, check_tokens, check_vocab,
                                            cross_entropy_per_token, divergence_per_token, to_f32)
-from jaxdistill.losses.analytic import cross_entropy_and_grad, forward_kl_and_grad
+from jaxdistill.losses.analytic import cross_entropy_and_grad, forward_kl_and_grad, scaled_forward_kl_and_grad
 from jaxdistill.losses.sparse import SparseTargets, sparse_kl_per_token
 from jaxdistill.parts import ANSWER, IGNORE, PROMPT, TRACE
 
@@ -68,12 +68,17 @@ class TokenLoss(NamedTuple):
     coefficients(tokens, step) -> (Coefficients, counts {name: scalar}); must not depend on logits.
     terms_and_grads(student_logits, teacher, tokens) -> (terms, {k: dterm_k/dlogits}) written by hand
       (`analytic`), or None where that teacher/divergence has none (autodiff of `terms` is used then).
+    scaled: (s, fn) where every term reads the logits only as s * logits and the teacher's as
+      s * teacher (forward KL at temperature 1/s): fn(s * logits, s * teacher, tokens) -> (terms,
+      {k: dterm_k/d(s * logits)}) for finite dense teacher logits. The fused head then folds s into
+      the [C, d] hidden states instead of scaling [C, V] logits (None: no such form).
     """
 
     terms: Callable[..., dict[str, Array]]
     coefficients: Callable[[dict[str, Array], Any], tuple[Coefficients, dict[str, Array]]]
     uses_teacher: bool
     terms_and_grads: Callable[..., tuple[dict[str, Array], dict[str, Array]] | None] | None = None
+    scaled: tuple[float, Callable[..., tuple[dict[str, Array], dict[str, Array]]]] | None = None
 
 
 def with_weights(tokens: dict[str, Array | None], shape: tuple[int, ...]) -> dict[str, Array]:
@@ -141,6 +146,11 @@ class DivergenceLoss:
         term, grad = forward_kl_and_grad(student_logits, teacher, self.temperature)
         return {"div": term}, {"div": grad}
 
+    def scaled_terms_and_grads(self, scaled_logits, scaled_teacher, tokens):
+        """Forward KL from logits and finite teacher logits already divided by the temperature."""
+        term, grad = scaled_forward_kl_and_grad(scaled_logits, scaled_teacher)
+        return {"div": term}, {"div": grad}
+
     def coefficients(self, tokens, step) -> tuple[Coefficients, dict[str, Array]]:
         coef, total = _mean_coef(tokens["weights"])
         scale = self.temperature ** 2 if self.scale_by_t2 else 1.0
@@ -148,7 +158,8 @@ class DivergenceLoss:
                 {"tokens": total})
 
     def token_loss(self) -> TokenLoss:
-        return TokenLoss(self.terms, self.coefficients, self.uses_teacher, self.terms_and_grads)
+        scaled = (1.0 / self.temperature, self.scaled_terms_and_grads) if self.divergence == "forward_kl" else None
+        return TokenLoss(self.terms, self.coefficients, self.uses_teacher, self.terms_and_grads, scaled)
 
 
 @dataclasses.dataclass(frozen=True)

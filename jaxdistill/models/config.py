@@ -77,7 +77,8 @@ class ModelConfig:
     # remat policy for the scanned layer body: auto | none | full | dots | dots_no_batch; auto picks
     # per backend and size when the step is traced (`remat_for`).
     remat_policy: str = "auto"
-    # None lets XLA pick; "cudnn" asks for the fused cuDNN kernel on GPUs.
+    # None: causal attention in query blocks, skipping the masked upper triangle (`attention.py`);
+    # "xla": jax.nn.dot_product_attention's XLA path (full T x T); "cudnn": the fused cuDNN kernel on GPUs.
     attention_impl: str | None = None
     # Token ids carried through to exported config.json; no effect on the forward pass.
     bos_token_id: int | None = dataclasses.field(default=None, compare=False)

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdistill.models.attention import causal_attention
 from jaxdistill.models.config import ModelConfig, remat_for
 from jaxdistill.models.rope import apply_rope, rope_tables, segment_positions
 from jaxdistill.models.sharding import activation_sharding, tree_shardings
@@ -97,7 +98,9 @@ class Projection(nnx.Module):
 
 
 class Attention(nnx.Module):
-    """Grouped-query causal self-attention with RoPE, through `jax.nn.dot_product_attention`."""
+    """Grouped-query causal self-attention with RoPE: by default in causal query blocks
+    (`attention.causal_attention`); `attention_impl` "xla" or "cudnn" (and decoding with a cache) go
+    through `jax.nn.dot_product_attention`."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         c, pd = config, config.jnp_param_dtype
@@ -128,7 +131,9 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is None:
+        if cache is None and self.implementation is None:  # causal query blocks (`attention.py`)
+            out = causal_attention(q, k, v, mask=mask, sliding_window=self.sliding_window)
+        elif cache is None:
             window = None if self.sliding_window is None else (self.sliding_window - 1, 0)
             out = jax.nn.dot_product_attention(
                 q, k, v, mask=mask, is_causal=True, local_window_size=window,

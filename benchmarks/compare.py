@@ -2,7 +2,7 @@
 (`python benchmarks/torch_reference.py CONFIG --json`) on the same workloads, on this machine.
 
     python benchmarks/compare.py [--rounds 3] [--steps N] [--warmup N] [--configs A.yaml B.yaml]
-                                 [--json OUT.json] [--no-cache-check]
+                                 [--json OUT.json] [--no-cache-check] [--malloc huge-pages|default]
 
 For each config (default `jaxdistill/configs/bench/cpu_small.yaml` and `cpu_task.yaml`), `--rounds`
 rounds; each round runs both implementations, each in a fresh subprocess, one after the other (the
@@ -15,7 +15,9 @@ matmul ceiling (JAX: jax.lax.dot_general, torch: torch.matmul, both at the step'
 compile_s. The compile-cache check runs `jaxdistill bench` on cpu_small (steps=1 warmup=0) twice more with one new,
 empty `compilation_cache=DIR` (cold, then warm) and reports each first_step_s (compile + first step),
 each process_to_first_step_s (from the process's start: imports, the models' init, compile, first
-step) and cold / warm of both. The summary is printed as a markdown table for benchmarks/RESULTS.md; `--json OUT`
+step) and cold / warm of both. Both sides run in one environment: by default with glibc's huge pages
+for malloc (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which the `jaxdistill` command sets for itself;
+PyTorch gains from it too), `--malloc default` without. The summary is printed as a markdown table for benchmarks/RESULTS.md; `--json OUT`
 writes all raw results and the summary (atomically: a temporary file, then os.replace).
 """
 
@@ -34,18 +36,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from jaxdistill.launch import TUNABLES  # noqa: E402  (no heavy imports)
 CONFIGS = ["jaxdistill/configs/bench/cpu_small.yaml", "jaxdistill/configs/bench/cpu_task.yaml"]
 JAX = [sys.executable, "-m", "jaxdistill.cli", "bench"]  # = `jaxdistill bench`, in this interpreter's env
 TORCH = [sys.executable, str(ROOT / "benchmarks" / "torch_reference.py")]
 
 
-def run_json(command: list[str], *, timeout: float = 3600) -> dict:
+def run_json(command: list[str], *, timeout: float = 3600, env: dict | None = None) -> dict:
     """Run one benchmark subprocess; its last stdout line that parses as a JSON object, plus wall_s.
     A failure is returned as {"error": ...} with the tail of stderr (the comparison goes on)."""
     print("$", " ".join(command), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s", "command": command}
     wall = time.perf_counter() - t0
@@ -89,11 +93,11 @@ def summarize(raw: dict[str, dict[str, list[dict]]]) -> dict[str, dict]:
     return out
 
 
-def cache_check(config: str, passthrough: list[str]) -> dict:
+def cache_check(config: str, passthrough: list[str], env: dict | None = None) -> dict:
     """Two `jaxdistill bench` runs sharing one new compilation cache directory: cold, then warm."""
     directory = tempfile.mkdtemp(prefix="jaxdistill-compile-cache-")
     try:
-        runs = [run_json([*JAX, config, "--json", *passthrough, f"compilation_cache={directory}"])
+        runs = [run_json([*JAX, config, "--json", *passthrough, f"compilation_cache={directory}"], env=env)
                 for _ in ("cold", "warm")]
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -113,6 +117,7 @@ def _fmt(x, spec: str = ".1f", suffix: str = "") -> str:
 def markdown(summary: dict, cache: dict | None, meta: dict) -> str:
     lines = [f"Machine: {meta['machine']}; JAX {meta['jax']}, PyTorch {meta['torch']} ({meta['torch_threads']} "
              f"threads), transformers {meta['transformers']}; {meta['rounds']} round(s), fresh subprocess per run.",
+             f"Both sides: GLIBC_TUNABLES={meta.get('glibc_tunables') or '(unset)'}.",
              "", f"Command: `{meta['command']}`", "",
              "| config | JAX step (ms) | torch step (ms) | torch / JAX time | JAX useful tok/s | torch useful tok/s "
              "| useful tok/s JAX / torch | JAX MFU | torch MFU | JAX compile (s) |",
@@ -172,11 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="+", default=CONFIGS)
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write raw results + summary here")
     parser.add_argument("--no-cache-check", action="store_true")
+    parser.add_argument("--malloc", choices=("huge-pages", "default"), default="huge-pages",
+                        help="huge-pages (default): both sides run with GLIBC_TUNABLES=%s, what the `jaxdistill` "
+                             "command sets for itself (jaxdistill/launch.py); default: glibc as it comes. A "
+                             "GLIBC_TUNABLES already in the environment is kept either way" % TUNABLES)
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
     passthrough = ([f"steps={args.steps}"] if args.steps is not None else []) + \
                   ([f"warmup={args.warmup}"] if args.warmup is not None else [])
+    env = dict(os.environ)
+    if args.malloc == "huge-pages":
+        env.setdefault("GLIBC_TUNABLES", TUNABLES)
     raw: dict[str, dict[str, list[dict]]] = {}
     for config in args.configs:
         raw[config] = {"jax": [], "torch": []}
@@ -184,13 +196,13 @@ def main(argv: list[str] | None = None) -> int:
             order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
             for side in order:
                 command = [*(JAX if side == "jax" else TORCH), config, "--json", *passthrough]
-                result = run_json(command)
+                result = run_json(command, env=env)
                 raw[config][side].append({**result, "round": r})
                 if "error" in result:
                     print(f"  {side} failed: {result['error']}\n{result.get('stderr_tail', '')}", file=sys.stderr)
-    cache = None if args.no_cache_check else cache_check(CONFIGS[0], ["steps=1", "warmup=0"])
+    cache = None if args.no_cache_check else cache_check(CONFIGS[0], ["steps=1", "warmup=0"], env)
     summary = summarize(raw)
-    meta = _meta(args, argv)
+    meta = {**_meta(args, argv), "glibc_tunables": env.get("GLIBC_TUNABLES")}
     table = markdown(summary, cache, meta)
     if args.json is not None:
         write_json_atomic(args.json, {"meta": meta, "summary": summary, "cache_check": cache, "raw": raw})

@@ -34,11 +34,12 @@ def _reference(q, k, v, mask, window):
 
 
 @pytest.mark.parametrize("T, H, K, segments, window, blocks", [
-    (128, 4, 2, False, None, None),   # the student's shape: 4 blocks of 32
+    (128, 4, 2, False, None, None),   # the student's shape: 2 blocks of 64
     (128, 8, 8, True, None, None),    # multi-head, packed segments
-    (96, 6, 2, True, 20, None),       # 3 blocks, a window shorter than a block
+    (96, 6, 2, True, 20, 3),          # 3 blocks, a window shorter than a block
     (64, 4, 1, False, 40, 2),         # multi-query, a window longer than a block
-    (50, 2, 1, True, None, None),     # no blocking (50 has no divisor >= 2 with blocks of >= 32)
+    (50, 2, 1, True, None, None),     # no blocking (blocks of >= 64 rows)
+    (256, 4, 2, True, None, None),    # 4 blocks of 64
     (64, 4, 2, True, None, 8),        # blocks of 8 rows, asked for
 ])
 def test_blocked_equals_xla_attention(T, H, K, segments, window, blocks):
@@ -76,7 +77,7 @@ def test_blocked_equals_xla_attention_in_bf16():
 
 
 def test_query_blocks():
-    assert query_blocks(128) == 4 and query_blocks(2048) == 8 and query_blocks(64) == 2
-    assert query_blocks(96) == 3 and query_blocks(50) == 1 and query_blocks(32) == 1 and query_blocks(1) == 1
+    assert query_blocks(128) == 2 and query_blocks(2048) == 8 and query_blocks(256) == 4 and query_blocks(192) == 3
+    assert query_blocks(64) == 1 and query_blocks(100) == 1 and query_blocks(1) == 1
     with pytest.raises(ValueError, match="does not divide"):
         causal_attention(*_inputs(1, 12, 2, 1, 4, jnp.float32)[:3], blocks=5)

@@ -3,8 +3,8 @@
 XLA:CPU (and PyTorch) take the step's large temporary buffers from malloc, which maps them fresh from
 the kernel and unmaps them again every step: on the 2-core VM the `cpu_small` step touched ~64k new
 4 KiB pages per step, ~120 ms of kernel time per step. With glibc's `glibc.malloc.hugetlb=1` tunable
-malloc asks for transparent huge pages (madvise) and the faults drop tenfold (~700 -> ~670 ms/step;
-benchmarks/RESULTS.md). A tunable is read when a process starts, so the launcher re-executes itself
+malloc asks for transparent huge pages (madvise): no new faults per step, the kernel time per step
+halves, the step goes from ~705 to ~670 ms (benchmarks/RESULTS.md). A tunable is read when a process starts, so the launcher re-executes itself
 once with GLIBC_TUNABLES set, before anything heavy is imported. It does nothing when GLIBC_TUNABLES is
 already set (yours wins), outside Linux/glibc >= 2.35, or with JAXDISTILL_HUGE_PAGES=0.
 `python -m jaxdistill.cli` runs the CLI without it.

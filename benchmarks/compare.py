@@ -15,10 +15,12 @@ matmul ceiling (JAX: jax.lax.dot_general, torch: torch.matmul, both at the step'
 compile_s. The compile-cache check runs `jaxdistill bench` on cpu_small (steps=1 warmup=0) twice more with one new,
 empty `compilation_cache=DIR` (cold, then warm) and reports each first_step_s (compile + first step),
 each process_to_first_step_s (from the process's start: imports, the models' init, compile, first
-step) and cold / warm of both. Both sides run in one environment: by default with glibc's huge pages
-for malloc (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which the `jaxdistill` command sets for itself;
-PyTorch gains from it too), `--malloc default` without. The summary is printed as a markdown table for benchmarks/RESULTS.md; `--json OUT`
-writes all raw results and the summary (atomically: a temporary file, then os.replace).
+step; run through `python -m jaxdistill.cli`, so the `jaxdistill` command's one re-execution, an
+interpreter start, is not in it) and cold / warm of both. Both sides run in one environment: by default
+with glibc's huge pages for malloc (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which the `jaxdistill`
+command sets for itself; PyTorch gains from it too), `--malloc default` without. The summary is printed
+as a markdown table for benchmarks/RESULTS.md; `--json OUT` writes all raw results and the summary
+(atomically: a temporary file, then os.replace).
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ def _fmt(x, spec: str = ".1f", suffix: str = "") -> str:
 def markdown(summary: dict, cache: dict | None, meta: dict) -> str:
     lines = [f"Machine: {meta['machine']}; JAX {meta['jax']}, PyTorch {meta['torch']} ({meta['torch_threads']} "
              f"threads), transformers {meta['transformers']}; {meta['rounds']} round(s), fresh subprocess per run.",
-             f"Both sides: GLIBC_TUNABLES={meta.get('glibc_tunables') or '(unset)'}.",
+             f"Both sides: GLIBC_TUNABLES={meta.get('glibc_tunables') or '(unset)'} (glibc.malloc.hugetlb takes effect "
+             "with glibc >= 2.35 and transparent huge pages set to madvise or always).",
              "", f"Command: `{meta['command']}`", "",
              "| config | JAX step (ms) | torch step (ms) | torch / JAX time | JAX useful tok/s | torch useful tok/s "
              "| useful tok/s JAX / torch | JAX MFU | torch MFU | JAX compile (s) |",

@@ -16,9 +16,9 @@ Per row: XLA's memory analysis of the compiled step
 CAVEAT: this machine has no accelerator, so these are XLA:CPU's memory-analysis numbers. XLA:GPU
 fuses, schedules and assigns buffers differently, so read them as an estimate of what must be live,
 not the GPU peak; `benchmarks/gpu.sh` measures the real peak on a GPU
-(`memory_stats()['peak_bytes_in_use']`). On both, the models' attention is the default
-(`attention_impl` None: causal query blocks, `models/attention.py`): 9/16 of the [B, H, T, T] scores
-per layer at T = 2048, which is what makes remat `none` and `dots` so large here.
+(`memory_stats()['peak_bytes_in_use']`). This estimate compiles the default attention (`attention_impl`
+None: causal query blocks, `models/attention.py`): 9/16 of the [B, H, T, T] scores per layer at
+T = 2048, which is what makes remat `none` and `dots` so large here (gpu.sh's configs ask for cuDNN's).
 
 Each row compiles in its own subprocess under a time limit (`--row-limit-s`); rows over it, or past
 the whole run's `--budget-s`, are listed as skipped with the reason.

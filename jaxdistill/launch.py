@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 TUNABLES = "glibc.malloc.hugetlb=1"
 
@@ -28,26 +27,31 @@ def _glibc_version() -> tuple[int, int] | None:
         return None
 
 
+REEXECUTED = "_JAXDISTILL_REEXECUTED"  # set in the re-executed process: never a second exec (glibc drops
+                                      # GLIBC_TUNABLES from setuid/capability processes, so its presence alone
+                                      # cannot end the loop)
+
+
 def huge_pages_env(environ, platform: str, glibc: tuple[int, int] | None) -> dict[str, str] | None:
     """The environment to re-execute with, or None to run as is."""
     if (not platform.startswith("linux") or glibc is None or glibc < (2, 35) or "GLIBC_TUNABLES" in environ
-            or environ.get("JAXDISTILL_HUGE_PAGES", "1") == "0"):
+            or REEXECUTED in environ or environ.get("JAXDISTILL_HUGE_PAGES", "1") == "0"):
         return None
-    return {**environ, "GLIBC_TUNABLES": TUNABLES}
+    return {**environ, "GLIBC_TUNABLES": TUNABLES, REEXECUTED: "1"}
 
 
 def main():
     env = huge_pages_env(os.environ, sys.platform, _glibc_version())
     if env is not None:
-        try:  # the exact command line (keeps `python -X ... script args`), this interpreter
-            argv = [a.decode() for a in Path("/proc/self/cmdline").read_bytes().split(b"\0")[:-1]]
-            os.execve(sys.executable, [sys.executable, *argv[1:]], env)
-        except (OSError, UnicodeDecodeError):
+        try:  # the same command line (keeps `python -X ... script args`), this interpreter
+            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+        except OSError:
             pass  # run without huge pages
+    os.environ.pop(REEXECUTED, None)  # not inherited by the processes this one starts
     from jaxdistill.cli import main as cli_main
 
     return cli_main()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -151,31 +151,33 @@ def test_bench_overrides_merge_deep(tmp_path):
 def test_launcher_turns_on_malloc_huge_pages_once():
     """`jaxdistill/launch.py` re-executes with glibc's malloc huge pages only where they exist and
     nobody chose otherwise."""
-    from jaxdistill.launch import TUNABLES, huge_pages_env
+    from jaxdistill.launch import REEXECUTED, TUNABLES, huge_pages_env
 
-    assert huge_pages_env({"A": "1"}, "linux", (2, 36)) == {"A": "1", "GLIBC_TUNABLES": TUNABLES}
+    assert huge_pages_env({"A": "1"}, "linux", (2, 36)) == {"A": "1", "GLIBC_TUNABLES": TUNABLES, REEXECUTED: "1"}
     assert huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.check=3"}, "linux", (2, 36)) is None  # yours wins
+    assert huge_pages_env({REEXECUTED: "1"}, "linux", (2, 36)) is None  # the tunable was dropped (setuid): no loop
     assert huge_pages_env({"JAXDISTILL_HUGE_PAGES": "0"}, "linux", (2, 36)) is None
     assert huge_pages_env({}, "linux", (2, 34)) is None       # the tunable came with glibc 2.35
     assert huge_pages_env({}, "linux", None) is None          # musl and others
     assert huge_pages_env({}, "darwin", (2, 36)) is None
 
 
-@pytest.mark.skipif(shutil.which("jaxdistill") is None or not sys.platform.startswith("linux"),
-                    reason="console script not installed, or not Linux")
-def test_console_script_runs_with_the_tunable(tmp_path):
-    """The installed `jaxdistill` command re-executes itself once with GLIBC_TUNABLES set (where glibc
-    has the tunable) and then runs normally; the process sees the variable."""
-    from jaxdistill.launch import TUNABLES, _glibc_version, huge_pages_env
+def test_launcher_reexecutes_once_with_the_tunable(tmp_path):
+    """The launcher re-executes its process once with GLIBC_TUNABLES set (where glibc has the tunable)
+    and then runs the CLI; the re-executed process sees the variable; the installed command runs."""
+    from jaxdistill.launch import REEXECUTED, TUNABLES, _glibc_version, huge_pages_env
 
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "JAXDISTILL_HUGE_PAGES")}
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "JAXDISTILL_HUGE_PAGES", REEXECUTED)}
     probe = tmp_path / "probe.py"  # a script run through the launcher's main, reporting its environment
     probe.write_text("import os, sys\nsys.argv = ['jaxdistill', '--help']\nfrom jaxdistill.launch import main\n"
                      "print('TUNABLES=' + os.environ.get('GLIBC_TUNABLES', ''), flush=True)\n"
                      "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code)\n")
     out = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=120, env=env)
     want = TUNABLES if huge_pages_env(env, sys.platform, _glibc_version()) is not None else ""
-    assert f"TUNABLES={want}" in out.stdout and "exit 0" in out.stdout, out.stdout + out.stderr
-    assert out.stdout.count("TUNABLES=") == 2 if want else 1  # the first run re-executed, the second ran
-    help_out = subprocess.run(["jaxdistill", "--help"], capture_output=True, text=True, timeout=120, env=env)
-    assert help_out.returncode == 0 and "Usage" in help_out.stdout
+    lines = [line for line in out.stdout.splitlines() if line.startswith("TUNABLES=")]
+    # re-executed: the first run printed no tunable, the second the tunable; else one run without
+    assert lines == (["TUNABLES=", f"TUNABLES={TUNABLES}"] if want else ["TUNABLES="]), out.stdout + out.stderr
+    assert out.stdout.rstrip().endswith("exit 0"), out.stdout + out.stderr
+    if shutil.which("jaxdistill") is not None:  # the installed console script goes through the launcher
+        help_out = subprocess.run(["jaxdistill", "--help"], capture_output=True, text=True, timeout=120, env=env)
+        assert help_out.returncode == 0 and "Usage" in help_out.stdout

@@ -49,7 +49,8 @@ def _chunk_loss(loss: TokenLoss, h, w, rows: dict[str, Any], w_teacher) -> tuple
 def _chunk_value_and_grads(loss: TokenLoss, h, w, rows: dict[str, Any], w_teacher):
     """(value, metrics, dh, dw) of one chunk from the loss's hand-written logit gradients
     (`TokenLoss.terms_and_grads`, see `analytic`), or None where it has none (autodiff then)."""
-    if loss.scaled is not None and "hidden" in rows["teacher"] and _exact_scale(loss.scaled[0], h.dtype):
+    if (loss.scaled is not None and "hidden" in rows["teacher"] and _exact_scale(loss.scaled[0], h.dtype)
+            and _exact_scale(loss.scaled[0], rows["teacher"]["hidden"].dtype)):
         return _scaled_chunk_value_and_grads(loss, h, w, rows, w_teacher)
     if loss.terms_and_grads is None:
         return None
@@ -71,7 +72,8 @@ def _chunk_value_and_grads(loss: TokenLoss, h, w, rows: dict[str, Any], w_teache
 
 def _exact_scale(scale: float, dtype) -> bool:
     """Folding `scale` into hidden states of `dtype` rounds like the logits' own fp32 scaling: fp32
-    (one extra rounding at 2^-24) or a power-of-two scale (exact in any float format)."""
+    (one extra rounding at 2^-24) or a power-of-two scale (exact in any float format). Checked for the
+    student's and the teacher's hidden states (their dtypes may differ)."""
     return jnp.dtype(dtype) == jnp.float32 or math.frexp(scale)[0] == 0.5
 
 

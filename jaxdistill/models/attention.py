@@ -11,8 +11,8 @@ block is one grouped-query product per kv head, queries of a group stacked as ro
     p = softmax(where(allowed, s, -0.7 * max_float))                           fp32
     out[b, t, (k, g), :] = sum_s' p[b, k, (g, t), s'] v[b, s', k, :]          probs cast to v's dtype
 
-which is JAX's own XLA attention arithmetic (same precisions, same masking constant), so the two agree to
-rounding (`tests/test_attention.py` checks values and gradients against it, with segment masks, sliding
+which is JAX's own XLA attention arithmetic (the same dot precisions, fp32 softmax, masking constant and
+bf16 probabilities), so the two agree to rounding (`tests/test_attention.py` checks values and gradients against it, with segment masks, sliding
 windows and bf16). The decoding path with a KV cache keeps `jax.nn.dot_product_attention`.
 """
 
@@ -22,7 +22,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 MIN_BLOCK = 64   # rows per query block: below, smaller matmuls and more ops to compile cost more than the
                  # skipped work saves (cpu_small, T = 128: 4 blocks of 32 compiled in 4.8 s, 2 of 64 in 3.4 s,
@@ -39,13 +38,17 @@ def query_blocks(seq_len: int) -> int:
     return 1
 
 
-def _precision(dtype):
-    # as jax.nn.dot_product_attention: bf16/fp16 inputs multiply into fp32 logits explicitly
-    if dtype == jnp.bfloat16:
-        return jax.lax.DotAlgorithmPreset.BF16_BF16_F32
-    if dtype == jnp.float16:
-        return jax.lax.DotAlgorithmPreset.F16_F16_F32
-    return None
+def _logits(q, k, scale: float):
+    """fp32 logits q . k / sqrt(D) [B, K, G, L, S] for q [B, K, G, L, D], k [B, K, S, D], with
+    jax.nn.dot_product_attention's precision: bf16/fp16 inputs multiply into fp32 explicitly (where the
+    platform takes that algorithm; JAX falls back to the default precision the same way)."""
+    preset = {jnp.dtype(jnp.bfloat16): jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+              jnp.dtype(jnp.float16): jax.lax.DotAlgorithmPreset.F16_F16_F32}.get(jnp.dtype(q.dtype))
+    try:
+        logits = jnp.einsum("bkgqd,bksd->bkgqs", q, k, precision=preset, preferred_element_type=jnp.float32)
+    except Exception:  # noqa: BLE001 — as jax.nn.dot_product_attention: a platform without the preset
+        logits = jnp.einsum("bkgqd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32)
+    return logits * jnp.float32(scale)
 
 
 def causal_attention(q, k, v, *, mask=None, sliding_window: int | None = None, blocks: int | None = None):
@@ -60,32 +63,25 @@ def causal_attention(q, k, v, *, mask=None, sliding_window: int | None = None, b
     if T % n:
         raise ValueError(f"blocks={n} does not divide the sequence length {T}")
     L = T // n
-    scale = 1.0 / math.sqrt(D)
-    precision = _precision(q.dtype)
-    big_negative = jnp.asarray(-0.7 * float(jnp.finfo(jnp.float32).max), jnp.float32)
-    # [B, K, G, T, D] queries and [B, K, T, D] keys/values: each kv head's products are one batched matmul
+    big_negative = jnp.float32(-0.7 * float(jnp.finfo(jnp.float32).max))
+    # [B, K, G, T, D] queries and [B, K, T, D] keys/values: each kv head's products are one batched
+    # matmul, the group's queries its rows (g, t)
     qg = q.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4)
     kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     outs = []
     for i in range(n):
-        rows = slice(i * L, (i + 1) * L)
         hi = (i + 1) * L
         lo = 0 if sliding_window is None else max(0, i * L - (sliding_window - 1))
-        q_i = qg[:, :, :, rows].reshape(B, K, G * L, D)
-        logits = jnp.einsum("bkqd,bksd->bkqs", q_i, kt[:, :, lo:hi], precision=precision,
-                            preferred_element_type=jnp.float32) * jnp.float32(scale)
-        q_pos = np.tile(np.arange(i * L, hi), G)[:, None]          # [(g, t), 1], static
-        k_pos = np.arange(lo, hi)[None, :]
+        logits = _logits(qg[:, :, :, i * L:hi], kt[:, :, lo:hi], 1.0 / math.sqrt(D))  # [B, K, G, L, S]
+        # positions from iota (no [L, S] constant in the program), broadcast over batch, heads, group
+        q_pos = i * L + jax.lax.broadcasted_iota(jnp.int32, (L, hi - lo), 0)
+        k_pos = lo + jax.lax.broadcasted_iota(jnp.int32, (L, hi - lo), 1)
         allowed = k_pos <= q_pos
         if sliding_window is not None:
             allowed &= q_pos - k_pos < sliding_window
-        allowed = jnp.asarray(allowed)
-        if mask is not None:  # [B, 1, T, T] -> [B, 1, (g, t), keys]
-            m = jnp.tile(mask[:, :, rows, lo:hi], (1, 1, G, 1))
-            allowed = allowed & m
+        if mask is not None:  # [B, 1, T, T] -> [B, 1, 1, L, S]
+            allowed = allowed & mask[:, :, None, i * L:hi, lo:hi]
         probs = jax.nn.softmax(jnp.where(allowed, logits, big_negative), axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkqs,bksd->bkqd", probs, vt[:, :, lo:hi], precision=precision,
-                         preferred_element_type=jnp.float32 if precision is not None else None)
-        outs.append(out.astype(q.dtype).reshape(B, K, G, L, D))
+        outs.append(jnp.einsum("bkgqs,bksd->bkgqd", probs, vt[:, :, lo:hi]))  # as JAX: default precision
     out = outs[0] if n == 1 else jnp.concatenate(outs, axis=3)        # [B, K, G, T, D]
-    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, D)
+    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, D).astype(q.dtype)

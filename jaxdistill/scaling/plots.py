@@ -16,8 +16,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from jaxdistill.atomic_files import atomic_write  # noqa: E402
-from jaxdistill.scaling.report import (FORMAT_ORDER, IN_DOMAIN, R_LIMIT, _cells, _done, _fmt_int,  # noqa: E402
-                                      _general, _level, _num, _ordered, _se, suites)
+from jaxdistill.scaling.sweep_table import (FORMAT_ORDER, IN_DOMAIN, R_LIMIT, cell_means, done_rows, fmt_int,  # noqa: E402
+                                           general_metrics, level, num, ordered, point_se, suites)
 
 DPI = 120
 
@@ -42,7 +42,7 @@ def _fit_groups(fits: dict | None, **want) -> list[dict]:
 
 def _curve(metric_fit: dict | None, D) -> dict | None:
     for k, c in ((metric_fit or {}).get("curves") or {}).items():
-        if _num(k) is not None and _num(D) is not None and float(k) == float(D):
+        if num(k) is not None and num(D) is not None and float(k) == float(D):
             return c
     return None
 
@@ -72,8 +72,8 @@ def _levels(ax, teacher, chance):
 def _metric_levels(df, fits, metric) -> tuple[float | None, float | None]:
     fit = next((g["metrics"][metric] for g in (fits or {}).get("groups", []) if metric in g.get("metrics", {})), {})
     base = metric.rsplit(".", 1)[0]
-    chance = _level(df, f"{base}.chance", fit.get("chance")) if metric.endswith(".acc") else None
-    return _level(df, f"teacher.{metric}", fit.get("teacher")), chance
+    chance = level(df, f"{base}.chance", fit.get("chance")) if metric.endswith(".acc") else None
+    return level(df, f"teacher.{metric}", fit.get("teacher")), chance
 
 
 def _plot_vs_r(df, fits, metric, schedule, method, colors, path) -> bool:
@@ -92,7 +92,7 @@ def _plot_vs_r(df, fits, metric, schedule, method, colors, path) -> bool:
         for f, color in colors.items():
             pts = sub[(sub["format"] == f) & (sub["D"] == D)].sort_values("r") if metric in sub else sub[:0]
             if len(pts):
-                ax.errorbar(pts["r"], pts[metric], yerr=_se(pts, metric).fillna(0), color=color, capsize=3,
+                ax.errorbar(pts["r"], pts[metric], yerr=point_se(pts, metric).fillna(0), color=color, capsize=3,
                             ms=4, fmt="o" if fgs[f] else "o-", lw=1, label=f"{f} observed")
             for g in fgs[f]:
                 c = _curve(g["metrics"].get(metric), D)
@@ -104,7 +104,7 @@ def _plot_vs_r(df, fits, metric, schedule, method, colors, path) -> bool:
                     ax.fill_between(c["r"], np.asarray(c["lo"], float), np.asarray(c["hi"], float),
                                     color=color, alpha=0.18, lw=0)
         _levels(ax, teacher, chance)
-        ax.set_title(f"D = {_fmt_int(D)}")
+        ax.set_title(f"D = {fmt_int(D)}")
         ax.set_xlabel("compression ratio r")
         ax.grid(alpha=0.3)
     _finish_panels(fig, axes, metric, f"{metric} vs compression ratio ({schedule}, {method})", path)
@@ -121,14 +121,14 @@ def _plot_vs_D(df, metric, schedule, method, colors, path) -> bool:
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(1, len(fmts), figsize=(4.4 * len(fmts), 3.8), sharey=True, squeeze=False)
     for ax, f in zip(axes[0], fmts):
-        cells = _cells(sub[sub["format"] == f], metric, ["r", "D"])
+        means = cell_means(sub[sub["format"] == f], metric, ["r", "D"])
         for i, r in enumerate(rs):
-            c = cells[cells["r"] == r].sort_values("D")
+            c = means[means["r"] == r].sort_values("D")
             if len(c):
                 ax.errorbar(c["D"], c["y"], yerr=c["se"].fillna(0), fmt="o-", capsize=3, ms=4,
                             color=cmap(i / max(len(rs) - 1, 1)), label=f"r = {r:.2f}")
         ax.set_xscale("log")
-        ax.set_xticks(sorted(sub["D"].dropna().unique()), [_fmt_int(D) for D in sorted(sub["D"].dropna().unique())])
+        ax.set_xticks(sorted(sub["D"].dropna().unique()), [fmt_int(D) for D in sorted(sub["D"].dropna().unique())])
         ax.minorticks_off()
         ax.set_title(f"format: {f}")
         ax.set_xlabel("D (training examples)")
@@ -141,7 +141,7 @@ def _plot_tradeoff(df, fits, schedule, method, colors, path) -> bool:
     """(c) in-domain accuracy vs each general metric, one curve per format ordered by r (observed
     cells and fitted mids), at the collapse D (else the largest D); teacher marked."""
     sub = df[(df["schedule"] == schedule) & (df["method"] == method)]
-    gens, idm = _general(df), f"{IN_DOMAIN}.acc"
+    gens, idm = general_metrics(df), f"{IN_DOMAIN}.acc"
     if idm not in df or not gens or sub.empty:
         return False
     fig, axes = plt.subplots(1, len(gens), figsize=(4.8 * len(gens), 4.2), squeeze=False)
@@ -151,7 +151,7 @@ def _plot_tradeoff(df, fits, schedule, method, colors, path) -> bool:
         D = Dc[0] if Dc else sub["D"].max()
         for f, color in colors.items():
             at = sub[(sub["format"] == f) & (sub["D"] == D)]
-            c = _cells(at, gm, ["r"]).merge(_cells(at, idm, ["r"]), on="r", suffixes=("_g", "_i")).sort_values("r")
+            c = cell_means(at, gm, ["r"]).merge(cell_means(at, idm, ["r"]), on="r", suffixes=("_g", "_i")).sort_values("r")
             if len(c):
                 ax.plot(c["y_g"], c["y_i"], "o-", color=color, ms=4, label=f"{f} observed")
                 for _, row in c.iterrows():
@@ -172,7 +172,7 @@ def _plot_tradeoff(df, fits, schedule, method, colors, path) -> bool:
             ax.axhline(chi, color="grey", ls=":", lw=1)
         ax.set_xlabel(f"general: {gm}")
         ax.set_ylabel(f"in-domain: {idm}")
-        ax.set_title(f"D = {_fmt_int(D)} (labels: r)")
+        ax.set_title(f"D = {fmt_int(D)} (labels: r)")
         ax.grid(alpha=0.3)
         _legend(ax, loc="best")
     fig.suptitle(f"In-domain vs general trade-off ({schedule}, {method})")
@@ -188,16 +188,16 @@ def _plot_collapse(headline: list[dict], path) -> bool:
     fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(headline) + 1.6))
     for i, h in enumerate(headline):
         for name, off, color in (("r_general", -0.12, "C3"), ("r_in_domain", 0.12, "C0")):
-            v, ci = _num(h[name]), h[f"{name}_ci"]
+            v, ci = num(h[name]), h[f"{name}_ci"]
             x = v if v is not None else 1.0
-            lo, hi = (_num(ci[0]), _num(ci[1])) if ci and len(ci) == 2 else (v, v)
+            lo, hi = (num(ci[0]), num(ci[1])) if ci and len(ci) == 2 else (v, v)
             lo, hi = (lo if lo is not None else 1.0), (hi if hi is not None else 1.0)
             label = {"r_general": "general collapse", "r_in_domain": "in-domain drop"}[name]
             ax.errorbar([x], [i + off], xerr=[[max(x - lo, 0)], [max(hi - x, 0)]], fmt="o" if v is not None else ">",
                         color=color, capsize=3, mfc=color if v is not None else "none", label=label)
     ax.axvline(R_LIMIT, color="grey", ls=":", lw=1, label="search limit r = 0.99")
     ax.set_yticks(range(len(headline)))
-    ax.set_yticklabels([f"{h['group']}\n{h['metric']} @ D={_fmt_int(h['D'])}" for h in headline], fontsize=7)
+    ax.set_yticklabels([f"{h['group']}\n{h['metric']} @ D={fmt_int(h['D'])}" for h in headline], fontsize=7)
     ax.set_xlim(0, 1.03)
     ax.set_xlabel("compression ratio r")
     ax.invert_yaxis()
@@ -211,11 +211,11 @@ def _plot_collapse(headline: list[dict], path) -> bool:
 def write_plots(table: pd.DataFrame, fits: dict | None, plot_dir: Path, headline: list[dict]) -> list[tuple[str, str]]:
     """Write every plot; returns [(caption, path relative to the sweep dir)]."""
     plot_dir.mkdir(parents=True, exist_ok=True)
-    done = _done(table)
+    done = done_rows(table)
     fits_metrics = {m for g in (fits or {}).get("groups", []) for m in g.get("metrics", {})}
     metrics = [f"{s}.acc" for s in suites(table)]
     metrics += sorted(fits_metrics - set(metrics))
-    formats = _ordered(list(done["format"].unique()) +
+    formats = ordered(list(done["format"].unique()) +
                        [g["key"]["format"] for g in (fits or {}).get("groups", []) if "format" in g.get("key", {})],
                        FORMAT_ORDER)
     colors = {f: f"C{i}" for i, f in enumerate(formats)}

@@ -9,8 +9,9 @@ blended) recover some of it?
 Every number in the markdown, findings included, is computed by `report_numbers(table, fits)` from
 those two inputs; `render_markdown` only formats it, so a test can check one against the other.
 This module reads fits.json as a document and does not import the fitting code; the plots are
-in `plots.py`. What stays here (~410 lines) is one unit: the numbers, the findings written from them
-and the markdown they render to, which a test checks against each other.
+in `plots.py`, and the table accessors both use (axes, per-point SEs, seed-averaged cells, levels) in
+`sweep_table.py`. What stays here is one unit: the numbers, the findings written from them and the
+markdown they render to, which a test checks against each other.
 """
 
 from __future__ import annotations
@@ -24,11 +25,9 @@ import numpy as np
 import pandas as pd
 
 from jaxdistill.atomic_files import atomic_write
+from jaxdistill.scaling.sweep_table import (AXES, FORMAT_ORDER, IN_DOMAIN, R_LIMIT, cell_means, done_rows, fmt_int,
+                                          num, ordered, suites)
 
-AXES = ("D", "r", "format", "schedule", "method")
-FORMAT_ORDER = ("label", "cot", "blended")
-IN_DOMAIN = "in_domain"
-R_LIMIT = 0.99  # collapse points are searched for r <= 0.99; null means "not reached"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,68 +44,6 @@ def load_fits(sweep_dir: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _num(x) -> float | None:
-    """A finite float, or None (NaN, None, missing)."""
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _done(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"] == "done"] if "status" in df else df
-
-
-def suites(df: pd.DataFrame) -> list[str]:
-    """Suite names from the `S.acc` columns, in-domain first."""
-    # the student's SUITE.acc; teacher.* and pruned_only.* columns are baselines
-    names = [c[:-4] for c in df.columns if c.endswith(".acc") and c.count(".") == 1]
-    return sorted(names, key=lambda s: (s != IN_DOMAIN, s))
-
-
-def _general(df: pd.DataFrame) -> list[str]:
-    return [f"{s}.acc" for s in suites(df) if s != IN_DOMAIN]
-
-
-def _ordered(values, preferred=()) -> list:
-    vals = {v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))}
-    num = lambda v: _num(v) if _num(v) is not None else math.inf  # noqa: E731  numbers by value, then text
-    return [v for v in preferred if v in vals] + sorted(vals - set(preferred), key=lambda v: (num(v), str(v)))
-
-
-def _se(df: pd.DataFrame, metric: str) -> pd.Series:
-    """Per-point standard error of `metric`: the `S.acc_se` column, else the binomial SE from `S.n`
-    (NaN when neither is known)."""
-    nan = pd.Series(np.nan, index=df.index)
-    if not metric.endswith(".acc"):
-        return nan
-    base = metric[:-4]
-    se = df[f"{base}.acc_se"].astype(float) if f"{base}.acc_se" in df else nan
-    if f"{base}.n" in df:
-        y, n = df[metric].astype(float), df[f"{base}.n"].astype(float)
-        se = se.fillna(np.sqrt(y * (1 - y) / n))
-    return se
-
-
-def _cells(df: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
-    """Mean of `metric` per cell of `by` (over seeds), with the SE of that mean from per-point SEs."""
-    d = pd.DataFrame({k: df[k] for k in by}).assign(y=df[metric].astype(float), v=_se(df, metric) ** 2)
-    out = d.dropna(subset=["y"]).groupby(by, dropna=False).agg(
-        y=("y", "mean"), v=("v", lambda v: v.sum(skipna=False)), n=("y", "size")).reset_index()
-    out["se"] = np.sqrt(out.pop("v")) / out["n"]  # NaN when any point's SE is unknown
-    return out
-
-
-def _level(df: pd.DataFrame, col: str, fallback=None) -> float | None:
-    """A per-sweep constant (teacher accuracy, chance) from the table, else `fallback`."""
-    if col in df:
-        v = _num(_done(df)[col].astype(float).median())
-        if v is not None:
-            return v
-    return _num(fallback)
-
-
 # ---------------------------------------------------------------------------------------------
 # numbers
 
@@ -118,7 +55,7 @@ def _label(key: dict) -> str:
 
 def _interval(v, ci) -> tuple[float, float]:
     """The collapse point's interval with "not reached within r <= 0.99" (null) as +inf."""
-    end = lambda x: math.inf if _num(x) is None else float(x)  # noqa: E731
+    end = lambda x: math.inf if num(x) is None else float(x)  # noqa: E731
     if ci is None or len(ci) != 2:
         return end(v), end(v)
     return end(ci[0]), end(ci[1])
@@ -136,7 +73,7 @@ def _order(a: tuple[float, float], b: tuple[float, float]) -> str:
 def collapse_verdict(c: dict) -> str:
     """The paper's claim is r_general < r_in_domain: general knowledge collapses at lower compression
     than in-domain quality drops. Judged from the intervals (null ends = beyond r = 0.99)."""
-    if _num(c.get("r_general")) is None and _num(c.get("r_in_domain")) is None:
+    if num(c.get("r_general")) is None and num(c.get("r_in_domain")) is None:
         return "inconclusive: neither point reached within r <= 0.99"
     o = _order(_interval(c.get("r_general"), c.get("r_general_ci")),
                _interval(c.get("r_in_domain"), c.get("r_in_domain_ci")))
@@ -150,13 +87,13 @@ def _compare(done: pd.DataFrame, metric: str, axis: str, ref, alt) -> dict | Non
     """Matched comparison alt - ref along `axis`: cells equal on every other axis (seeds averaged);
     mean difference over cells, SE = sqrt(sum of per-cell variances) / n from the per-point SEs."""
     keys = [a for a in AXES if a != axis and a in done]
-    a = _cells(done[done[axis] == ref], metric, keys)
-    b = _cells(done[done[axis] == alt], metric, keys)
+    a = cell_means(done[done[axis] == ref], metric, keys)
+    b = cell_means(done[done[axis] == alt], metric, keys)
     m = a.merge(b, on=keys, suffixes=("_ref", "_alt"))
     if m.empty:
         return None
     diff = float((m["y_alt"] - m["y_ref"]).mean())
-    se = _num(np.sqrt((m["se_ref"] ** 2 + m["se_alt"] ** 2).sum(skipna=False)) / len(m))
+    se = num(np.sqrt((m["se_ref"] ** 2 + m["se_alt"] ** 2).sum(skipna=False)) / len(m))
     return {"axis": axis, "ref": ref, "alt": alt, "metric": metric, "n": len(m), "matched_on": keys,
             "diff": diff, "se": se, "exceeds_2se": se is not None and abs(diff) > 2 * se}
 
@@ -168,7 +105,7 @@ def _comparison_pairs(done: pd.DataFrame) -> list[tuple[str, object, object]]:
     for axis, ref_pref in (("format", "label"), ("D", None), ("schedule", "one-shot"), ("method", "full")):
         if axis not in done:
             continue
-        vals = _ordered(done[axis].unique(), FORMAT_ORDER if axis == "format" else ())
+        vals = ordered(done[axis].unique(), FORMAT_ORDER if axis == "format" else ())
         if len(vals) < 2:
             continue
         if axis == "D":
@@ -180,28 +117,23 @@ def _comparison_pairs(done: pd.DataFrame) -> list[tuple[str, object, object]]:
 
 
 def _fmt(x, nd: int = 3) -> str:
-    x = _num(x)
+    x = num(x)
     return "—" if x is None else f"{x:.{nd}f}"
 
 
-def _fmt_int(x) -> str:
-    x = _num(x)
-    return "—" if x is None else str(int(round(x)))
-
-
 def _fmt_r(v) -> str:
-    return "not reached" if _num(v) is None else f"{float(v):.2f}"
+    return "not reached" if num(v) is None else f"{float(v):.2f}"
 
 
 def _fmt_r_ci(v, ci) -> str:
     if ci is None or len(ci) != 2:
         return _fmt_r(v)
-    end = lambda x: f">{R_LIMIT:.2f}" if _num(x) is None else f"{float(x):.2f}"  # noqa: E731
+    end = lambda x: f">{R_LIMIT:.2f}" if num(x) is None else f"{float(x):.2f}"  # noqa: E731
     return f"{_fmt_r(v)} [{end(ci[0])}, {end(ci[1])}]"
 
 
 def _fmt_g(x) -> str:
-    x = _num(x)
+    x = num(x)
     return "—" if x is None else f"{x:.3g}"
 
 
@@ -226,12 +158,12 @@ def report_numbers(table: pd.DataFrame, fits: dict | None) -> dict:
     """Everything the markdown shows, as plain values: run summary, headline collapse rows, fitted
     laws, per-point results, matched comparisons, findings (sentences built from these numbers),
     failed/excluded points and fit warnings."""
-    df, done = table, _done(table)
+    df, done = table, done_rows(table)
     sts = suites(df)
     metrics = [f"{s}.acc" for s in sts]
     n_failed = int((df["status"] == "failed").sum()) if "status" in df else 0
     run = {"total": len(df), "done": len(done), "failed": n_failed,
-           "axes": {a: _ordered(df[a].unique(), FORMAT_ORDER) for a in (*AXES, "seed") if a in df},
+           "axes": {a: ordered(df[a].unique(), FORMAT_ORDER) for a in (*AXES, "seed") if a in df},
            "suites": sts, "wall_s": float(df["wall_s"].astype(float).sum()) if "wall_s" in df else None}
 
     results = []
@@ -239,9 +171,9 @@ def report_numbers(table: pd.DataFrame, fits: dict | None) -> dict:
         results.append({
             "point": row["point"], "status": row.get("status", "done"),
             **{a: row.get(a) for a in ("D", "r", "r_actual", *AXES[2:])},
-            "suites": {s: {"acc": _num(row.get(f"{s}.acc")), "se": _num(row.get(f"{s}.acc_se"))} for s in sts},
-            "macro_f1": _num(row.get(f"{IN_DOMAIN}.macro_f1")), "steps": _num(row.get("steps")),
-            "wall_s": _num(row.get("wall_s"))})
+            "suites": {s: {"acc": num(row.get(f"{s}.acc")), "se": num(row.get(f"{s}.acc_se"))} for s in sts},
+            "macro_f1": num(row.get(f"{IN_DOMAIN}.macro_f1")), "steps": num(row.get("steps")),
+            "wall_s": num(row.get("wall_s"))})
     failed = [{"point": r["point"], "error": r.get("error") if isinstance(r.get("error"), str) else None}
               for _, r in df.iterrows()
               if r.get("status") == "failed"]
@@ -270,7 +202,7 @@ def report_numbers(table: pd.DataFrame, fits: dict | None) -> dict:
     for h in headline:
         claim = {True: "yes", False: "no"}.get(h["claim_holds"], "unknown")
         findings.append(
-            f"**{h['group']}**, `{h['metric']}` at D = {_fmt_int(h['D'])}: general knowledge collapses at "
+            f"**{h['group']}**, `{h['metric']}` at D = {fmt_int(h['D'])}: general knowledge collapses at "
             f"r = {_fmt_r_ci(h['r_general'], h['r_general_ci'])}, in-domain quality drops at "
             f"r = {_fmt_r_ci(h['r_in_domain'], h['r_in_domain_ci'])}: {h['verdict']} "
             f"(fit: claim holds = {claim}, P(claim) = {_fmt(h['claim_prob'], 2)}).")
@@ -294,7 +226,7 @@ def report_numbers(table: pd.DataFrame, fits: dict | None) -> dict:
                    "overlap": "intervals overlap: no clear difference between the formats"}[o]
             findings.append(
                 f"**General collapse point, {f} vs label** ({' / '.join(v for _, v in rest) or 'all'}; `{metric}` "
-                f"at D = {_fmt_int(D)}): r = {_fmt_r_ci(h['r_general'], h['r_general_ci'])} vs "
+                f"at D = {fmt_int(D)}): r = {_fmt_r_ci(h['r_general'], h['r_general_ci'])} vs "
                 f"{_fmt_r_ci(lab['r_general'], lab['r_general_ci'])}: {say}.")
     pairs: dict = {}
     for c in comparisons:
@@ -323,7 +255,7 @@ def render_markdown(nums: dict, plots: list[tuple[str, str]], title: str) -> str
     md = [f"# {title}", "", "## What was run", ""]
     md.append(f"- Points: {run['total']} total, {run['done']} done, {run['failed']} failed.")
     for a, vals in run["axes"].items():
-        shown = [_fmt_int(v) if a in ("D", "seed") else (f"{v:.2f}" if a == "r" else str(v)) for v in vals]
+        shown = [fmt_int(v) if a in ("D", "seed") else (f"{v:.2f}" if a == "r" else str(v)) for v in vals]
         md.append(f"- {a}: {', '.join(shown)}")
     md.append(f"- Suites: {', '.join(f'{s} (in-domain)' if s == IN_DOMAIN else s for s in run['suites'])}")
     if run["wall_s"] is not None:
@@ -344,7 +276,7 @@ def render_markdown(nums: dict, plots: list[tuple[str, str]], title: str) -> str
         md += ["", _table(
             ["group", "general metric", "D", "r_general [CI]", "r_in_domain [CI]", "claim holds?", "P(claim)",
              "verdict"],
-            [[h["group"], h["metric"], _fmt_int(h["D"]), _fmt_r_ci(h["r_general"], h["r_general_ci"]),
+            [[h["group"], h["metric"], fmt_int(h["D"]), _fmt_r_ci(h["r_general"], h["r_general_ci"]),
               _fmt_r_ci(h["r_in_domain"], h["r_in_domain_ci"]),
               {True: "yes", False: "no"}.get(h["claim_holds"], "—"), _fmt(h["claim_prob"], 2), h["verdict"]]
              for h in nums["headline"]])]
@@ -361,7 +293,7 @@ def render_markdown(nums: dict, plots: list[tuple[str, str]], title: str) -> str
             [[law["group"], law["metric"], law["family"] or "—",
               "; ".join(f"{k} = {_fmt_g(v)} [{_fmt_g(ci[0])}, {_fmt_g(ci[1])}]"
                         for k, (v, ci) in law["params"].items()),
-              _fmt(law["rmse"], 4), _fmt(law["loo_rmse"], 4), _fmt_int(law["n_points"]),
+              _fmt(law["rmse"], 4), _fmt(law["loo_rmse"], 4), fmt_int(law["n_points"]),
               ", ".join(law["excluded"]) or "—"] for law in nums["laws"]]))
     else:
         md.append("No fitted laws.")
@@ -375,11 +307,11 @@ def render_markdown(nums: dict, plots: list[tuple[str, str]], title: str) -> str
     md.append(_table(
         ["point", "status", "D", "r", "r_actual", "format", "schedule", "method", *[f"{s} acc ± se" for s in sts],
          "macro-F1", "steps", "wall_s"],
-        [[p["point"], p["status"], _fmt_int(p["D"]), _fmt(p["r"], 2), _fmt(p["r_actual"], 3),
+        [[p["point"], p["status"], fmt_int(p["D"]), _fmt(p["r"], 2), _fmt(p["r_actual"], 3),
           *[str(p[a]) if isinstance(p[a], str) else "—" for a in ("format", "schedule", "method")],
           *[f"{_fmt(p['suites'][s]['acc'])} ± {_fmt(p['suites'][s]['se'])}" if p["suites"][s]["acc"] is not None
             else "—" for s in sts],
-          _fmt(p["macro_f1"]), _fmt_int(p["steps"]), _fmt(p["wall_s"], 1)] for p in nums["results"]]))
+          _fmt(p["macro_f1"]), fmt_int(p["steps"]), _fmt(p["wall_s"], 1)] for p in nums["results"]]))
 
     md += ["", "## Failed and excluded points, fit warnings", ""]
     md += [f"- failed: `{f['point']}`: {f['error'] or 'no error recorded'}"

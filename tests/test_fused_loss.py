@@ -221,20 +221,20 @@ def test_hand_written_logit_gradients_equal_autodiff_with_inf_teacher_entries():
     (0.5, jnp.bfloat16, jnp.bfloat16, True), (3.0, jnp.float32, jnp.bfloat16, False)])
 def test_fused_forward_kl_folds_the_temperature_into_hidden_states(tau, dtype, teacher_dtype, folded, monkeypatch):
     """Forward KL against a live teacher runs with 1/tau folded into the hidden states (`fused.
-    _scaled_chunk_value_and_grads`) where that rounds no worse than scaling the logits — fp32, or a
-    power-of-two 1/tau, for student and teacher alike — and the unfolded hand-written path otherwise
-    (bf16 at tau = 3, a bf16 teacher under an fp32 student): both equal the unfused computation."""
+    _folded_scale`) where that rounds no worse than scaling the logits — fp32, or a power-of-two
+    1/tau, for student and teacher alike — and the unfolded hand-written path otherwise (bf16 at
+    tau = 3, a bf16 teacher under an fp32 student): both equal the unfused computation."""
     from jaxdistill.losses import fused
 
-    calls = []
-    scaled = fused._scaled_chunk_value_and_grads
-    monkeypatch.setattr(fused, "_scaled_chunk_value_and_grads", lambda *a: calls.append(1) or scaled(*a))
+    scales = []
+    folded_scale = fused._folded_scale
+    monkeypatch.setattr(fused, "_folded_scale", lambda *a: scales.append(folded_scale(*a)) or scales[-1])
     loss = L.divergence_loss("forward_kl", temperature=tau, scale_by_t2=True)
     x = _inputs(5, dtype)
     x["ht"], x["wt"] = x["ht"].astype(teacher_dtype), x["wt"].astype(teacher_dtype)
     exact = dtype == jnp.float32 and teacher_dtype == jnp.float32
     _assert_close(*_both(loss, x, _tokens(x, "weights"), chunk_size=8), rtol=1e-5 if exact else 2e-2)
-    assert bool(calls) == folded
+    assert scales and all((s == 1 / tau) if folded else (s is None) for s in scales), scales
 
 
 def test_scaled_forward_kl_equals_float64():

@@ -23,16 +23,15 @@ import jax.numpy as jnp
 from jaxdistill.losses.divergences import Array, teacher_rows, to_f32
 
 
-def _log_softmax(z: Array) -> Array:
-    m = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
-    shifted = z - m
-    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
-
-
 def _max_and_lse(z: Array) -> tuple[Array, Array]:
     """(m, log sum_v exp(z_v - m)), m the row max, both [..., 1] (no [..., V] array is kept)."""
     m = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
     return m, jnp.log(jnp.sum(jnp.exp(z - m), axis=-1, keepdims=True))
+
+
+def _log_softmax(z: Array) -> Array:
+    m, lse = _max_and_lse(z)
+    return (z - m) - lse
 
 
 def cross_entropy_and_grad(logits: Array, labels: Array, label_smoothing: float = 0.0) -> tuple[Array, Array]:

@@ -48,52 +48,44 @@ def _chunk_loss(loss: TokenLoss, h, w, rows: dict[str, Any], w_teacher) -> tuple
 
 def _chunk_value_and_grads(loss: TokenLoss, h, w, rows: dict[str, Any], w_teacher):
     """(value, metrics, dh, dw) of one chunk from the loss's hand-written logit gradients
-    (`TokenLoss.terms_and_grads`, see `analytic`), or None where it has none (autodiff then)."""
-    if (loss.scaled is not None and "hidden" in rows["teacher"] and _exact_scale(loss.scaled[0], h.dtype)
-            and _exact_scale(loss.scaled[0], rows["teacher"]["hidden"].dtype)):
-        return _scaled_chunk_value_and_grads(loss, h, w, rows, w_teacher)
-    if loss.terms_and_grads is None:
+    (`TokenLoss.terms_and_grads`, see `analytic`), or None where it has none (autodiff then).
+
+    A loss that reads only s * logits (`TokenLoss.scaled`: forward KL at temperature 1/s) against a
+    live teacher gets s folded into the [C, d] hidden states (`_folded_scale`), so no [C, V] pass
+    scales logits and the teacher's logits (a matmul of finite values) need no -inf handling. With
+    u = s h: z_s = u W, dW = u^T dz_s, dh = s dz_s W^T (s = 1: the plain gradients)."""
+    scale = _folded_scale(loss, h, rows)
+    terms_and_grads = loss.terms_and_grads if scale is None else loss.scaled[1]
+    if terms_and_grads is None:
         return None
-    logits = jnp.einsum("nd,dv->nv", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+    scale = 1.0 if scale is None else scale
+    fold = (lambda x: x) if scale == 1.0 else (lambda x: (x * scale).astype(x.dtype))
+    u = fold(h)
+    logits = jnp.einsum("nd,dv->nv", u, w.astype(h.dtype), preferred_element_type=jnp.float32)
     teacher = rows["teacher"].get("targets")
     if "hidden" in rows["teacher"]:
-        h_t = rows["teacher"]["hidden"]
+        h_t = fold(rows["teacher"]["hidden"])
         teacher = jnp.einsum("nd,dv->nv", h_t, w_teacher.astype(h_t.dtype), preferred_element_type=jnp.float32)
-    out = loss.terms_and_grads(logits, teacher, rows["tok"])
+    out = terms_and_grads(logits, teacher, rows["tok"])
     if out is None:
         return None
     terms, grads = out
     value, metrics = combine_terms(terms, rows["coef"])
     dlogits = combine_grads(grads, rows["coef"].loss).astype(h.dtype)
-    dh = jnp.einsum("nv,dv->nd", dlogits, w.astype(h.dtype), preferred_element_type=jnp.float32)
-    dw = jnp.einsum("nd,nv->dv", h, dlogits, preferred_element_type=jnp.float32)
-    return value, metrics, dh.astype(h.dtype), dw
-
-
-def _exact_scale(scale: float, dtype) -> bool:
-    """Folding `scale` into hidden states of `dtype` rounds like the logits' own fp32 scaling: fp32
-    (one extra rounding at 2^-24) or a power-of-two scale (exact in any float format). Checked for the
-    student's and the teacher's hidden states (their dtypes may differ)."""
-    return jnp.dtype(dtype) == jnp.float32 or math.frexp(scale)[0] == 0.5
-
-
-def _scaled_chunk_value_and_grads(loss: TokenLoss, h, w, rows: dict[str, Any], w_teacher):
-    """`_chunk_value_and_grads` for a loss that reads only s * logits (`TokenLoss.scaled`: forward KL
-    at temperature 1/s) against a live teacher: s is folded into the [C, d] hidden states, so no
-    [C, V] pass scales logits, and the teacher's logits (a matmul of finite values) need no -inf
-    handling. With u = s h: z_s = u W, dW = u^T dz_s, dh = s dz_s W^T."""
-    scale, terms_and_grads = loss.scaled
-    u = (h * scale).astype(h.dtype)
-    h_t = rows["teacher"]["hidden"]
-    logits = jnp.einsum("nd,dv->nv", u, w.astype(h.dtype), preferred_element_type=jnp.float32)
-    teacher = jnp.einsum("nd,dv->nv", (h_t * scale).astype(h_t.dtype), w_teacher.astype(h_t.dtype),
-                         preferred_element_type=jnp.float32)
-    terms, grads = terms_and_grads(logits, teacher, rows["tok"])
-    value, metrics = combine_terms(terms, rows["coef"])
-    dlogits = combine_grads(grads, rows["coef"].loss).astype(h.dtype)
     dh = scale * jnp.einsum("nv,dv->nd", dlogits, w.astype(h.dtype), preferred_element_type=jnp.float32)
     dw = jnp.einsum("nd,nv->dv", u, dlogits, preferred_element_type=jnp.float32)
     return value, metrics, dh.astype(h.dtype), dw
+
+
+def _folded_scale(loss: TokenLoss, h, rows: dict[str, Any]) -> float | None:
+    """`loss.scaled`'s s when it can be folded into the hidden states: a live teacher, and folding
+    rounds like the logits' own fp32 scaling for the student's and the teacher's dtype alike — fp32
+    (one extra rounding at 2^-24) or a power-of-two s (exact in any float format); else None."""
+    if loss.scaled is None or "hidden" not in rows["teacher"]:
+        return None
+    scale = loss.scaled[0]
+    exact = lambda dtype: jnp.dtype(dtype) == jnp.float32 or math.frexp(scale)[0] == 0.5  # noqa: E731
+    return scale if exact(h.dtype) and exact(rows["teacher"]["hidden"].dtype) else None
 
 
 def _zero_metrics(coefs: Coefficients) -> dict[str, Array]:
